@@ -1,0 +1,219 @@
+"""The cell grid, PSF stamp sizing and padding, and one kernel candidate per cell."""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Candidate", "CandidateFit", "CellGrid", "next_odd", "psf_stamp_size", "resize_stamp"]
+
+
+def next_odd(value):
+    """Smallest odd integer >= ``value``.
+
+    Examples
+    --------
+    >>> next_odd(29.4), next_odd(13), next_odd(12)
+    (31, 13, 13)
+    """
+    n = math.ceil(value)
+    return n if n % 2 else n + 1
+
+
+@dataclass(frozen=True)
+class CellGrid:
+    """Cells over an image bounding box grown by one cell on every side.
+
+    The grown box spans ``[-cell_x, nx + cell_x)`` in x (likewise in y) and
+    holds ``n = grown // cell`` cells along each axis; the candidate of cell
+    ``i`` sits at ``cell * i + cell // 2 - cell``. Spatial functions are
+    normalized to [-1, 1] over the grown box (:attr:`bbox`).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape ``(ny, nx)``.
+    cell_size : tuple of int
+        Cell shape ``(cell_y, cell_x)``.
+
+    Examples
+    --------
+    >>> from astropsfmatch.cells import CellGrid
+    >>> grid = CellGrid((4096, 4096), (128, 128))
+    >>> grid.n_cells, grid.n_candidates
+    ((34, 34), 1156)
+    """
+
+    shape: tuple
+    cell_size: tuple
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.shape)
+        cell = (self.cell_size, self.cell_size) if np.isscalar(self.cell_size) else self.cell_size
+        cell = tuple(int(c) for c in cell)
+        if len(shape) != 2 or len(cell) != 2 or min(cell) < 1:
+            msg = f"shape and cell_size must be pairs of positive integers, got {shape}, {cell}"
+            raise ValueError(msg)
+        if shape[0] < cell[0] or shape[1] < cell[1]:
+            msg = (f"image of shape {shape} is smaller than one cell of cell_size {cell}: "
+                   "use a smaller cell_size (each >= 32)")
+            raise ValueError(msg)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "cell_size", cell)
+
+    @property
+    def n_cells(self):
+        """Number of cells ``(n_y, n_x)`` over the grown box."""
+        return tuple((s + 2 * c) // c for s, c in zip(self.shape, self.cell_size, strict=True))
+
+    @property
+    def n_candidates(self):
+        """Number of cells (one candidate each)."""
+        return self.n_cells[0] * self.n_cells[1]
+
+    @property
+    def bbox(self):
+        """Grown box ``(xmin, xmax, ymin, ymax)`` in pixels, for spatial normalization."""
+        (ny, nx), (cy, cx) = self.shape, self.cell_size
+        return (float(-cx), float(nx - 1 + cx), float(-cy), float(ny - 1 + cy))
+
+    @property
+    def centres_x(self):
+        """x of the cell centres (1-D)."""
+        c = self.cell_size[1]
+        return c * np.arange(self.n_cells[1]) + c // 2 - c
+
+    @property
+    def centres_y(self):
+        """y of the cell centres (1-D)."""
+        c = self.cell_size[0]
+        return c * np.arange(self.n_cells[0]) + c // 2 - c
+
+    def positions(self):
+        """Flat arrays ``(x, y)`` of all candidate positions, row by row."""
+        y, x = np.meshgrid(self.centres_y, self.centres_x, indexing="ij")
+        return x.ravel().astype(float), y.ravel().astype(float)
+
+    def cell_bounds(self, iy, ix):
+        """Cell ``(iy, ix)`` as ``(x0, x1, y0, y1)``, half-open, in image pixels."""
+        (cy, cx) = self.cell_size
+        x0, y0 = cx * ix - cx, cy * iy - cy
+        return (x0, x0 + cx, y0, y0 + cy)
+
+
+def psf_stamp_size(native_size, kernel_size, *, auto_pad_psf=True, auto_pad_psf_to=1.4,
+                   pad_psf_by=0):
+    """Side of the PSF stamps, after padding, checked against the kernel size.
+
+    Parameters
+    ----------
+    native_size : int
+        Largest natural PSF stamp size over the cell centres (odd).
+    kernel_size : int
+        Kernel side (odd).
+    auto_pad_psf : bool
+        Pad to at least ``next_odd(kernel_size * auto_pad_psf_to)``.
+    auto_pad_psf_to : float
+        Factor of the automatic padding.
+    pad_psf_by : int
+        Pixels added when ``auto_pad_psf`` is off (even).
+
+    Returns
+    -------
+    size : int
+
+    Raises
+    ------
+    ValueError
+        When the kernel does not fit in the stamp with room for a complete
+        convolution.
+
+    Examples
+    --------
+    >>> psf_stamp_size(11, 9)
+    13
+    >>> psf_stamp_size(11, 9, auto_pad_psf=False, pad_psf_by=4)
+    15
+    """
+    if pad_psf_by % 2:
+        msg = f"pad_psf_by must be even to keep the PSF centred, got {pad_psf_by}"
+        raise ValueError(msg)
+    if auto_pad_psf:
+        size = max(native_size, next_odd(kernel_size * auto_pad_psf_to))
+    else:
+        size = native_size + pad_psf_by
+    max_kernel = size - 1 if (size - 1) % 2 else size - 2
+    if kernel_size > max_kernel:
+        msg = (f"kernel_size {kernel_size} is too large for PSF stamps of {size}x{size} "
+               f"(largest allowed: {max_kernel}); use a smaller kernel_size, set "
+               "auto_pad_psf=True, or increase pad_psf_by")
+        raise ValueError(msg)
+    return size
+
+
+def resize_stamp(stamp, size):
+    """Pad with zeros or clip a square odd stamp to ``size``, keeping its centre.
+
+    Works on a stack of stamps too (last two axes).
+    """
+    current = stamp.shape[-1]
+    if current == size:
+        return stamp
+    if current > size:
+        cut = (current - size) // 2
+        return stamp[..., cut:cut + size, cut:cut + size]
+    pad = (size - current) // 2
+    widths = [(0, 0)] * (stamp.ndim - 2) + [(pad, pad), (pad, pad)]
+    return np.pad(stamp, widths)
+
+
+@dataclass
+class CandidateFit:
+    """A per-candidate kernel solution and its residual statistics.
+
+    Residuals are ``model - target`` on the complete-convolution region,
+    relative to the target peak.
+    """
+
+    coefficients: np.ndarray
+    kernel: np.ndarray
+    kernel_sum: float
+    model: np.ndarray
+    residual: np.ndarray
+    residual_mean: float
+    residual_std: float
+    residual_max: float
+    condition_number: float
+
+
+@dataclass
+class Candidate:
+    """One kernel candidate: a cell centre with the source and target stamps.
+
+    Attributes
+    ----------
+    index : tuple of int
+        Cell index ``(iy, ix)``.
+    x, y : float
+        Position in image pixels.
+    source, target : ndarray
+        Unit-flux PSF stamps (the target scaled by the kernel sum).
+    fit : CandidateFit or None
+        Per-candidate solution, after solving.
+    rejected : bool
+        True when the candidate was left out of the spatial fit.
+    reason : str
+        Why it was rejected.
+    spatial_residual_max : float
+        Max |source ⊛ K(x, y) - target| / peak with the spatial kernel.
+    """
+
+    index: tuple
+    x: float
+    y: float
+    source: np.ndarray
+    target: np.ndarray
+    fit: CandidateFit = None
+    rejected: bool = False
+    reason: str = ""
+    spatial_residual_max: float = field(default=np.nan)

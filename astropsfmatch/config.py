@@ -1,0 +1,505 @@
+"""Configuration of the PSF matching: `MatchConfig`, a validated dataclass."""
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["MatchConfig"]
+
+
+# ---------------------------------------------------------------------------
+# Value checkers. Each takes (name, value) and returns the normalized value or
+# raises ValueError naming the field, the value and what is allowed.
+# ---------------------------------------------------------------------------
+
+
+def _fail(name, value, allowed):
+    msg = f"{name} must be {allowed}, got {value!r}"
+    raise ValueError(msg)
+
+
+def _is_int(value):
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value):
+    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(
+        value, bool | np.bool_
+    ):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _is_vector(value):
+    """True for a list, tuple or other non-string sequence, or a 1-D array."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def _as_items(name, value, allowed, *, allow_sets=False):
+    """Return the items of a non-empty 1-D sequence (list, tuple, 1-D array)."""
+    is_set = allow_sets and isinstance(value, Set)
+    if not (_is_vector(value) or is_set) or len(value) == 0:
+        _fail(name, value, allowed)
+    return list(value)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool | np.bool_):
+        _fail(name, value, "True or False")
+    return bool(value)
+
+
+def _choice(*options):
+    allowed = "one of " + ", ".join(repr(option) for option in options)
+
+    def check(name, value):
+        for option in options:
+            # Compare kinds as well as values: True == 1 and 5.0 == 5 must not pass.
+            if isinstance(option, str):
+                if isinstance(value, str) and value == option:
+                    return option
+            elif _is_int(value) and value == option:
+                return option
+        _fail(name, value, allowed)
+
+    check.allowed = allowed
+    return check
+
+
+def _integer(minimum, *, odd=False, even=False):
+    parity = "an odd " if odd else "an even " if even else "an "
+    allowed = f"{parity}integer >= {minimum}"
+
+    def check(name, value):
+        if (
+            not _is_int(value)
+            or value < minimum
+            or (odd and value % 2 != 1)
+            or (even and value % 2 != 0)
+        ):
+            _fail(name, value, allowed)
+        return int(value)
+
+    check.allowed = allowed
+    return check
+
+
+def _real(*, gt=None, ge=None, le=None):
+    bounds = []
+    if gt is not None:
+        bounds.append(f"> {gt}")
+    if ge is not None:
+        bounds.append(f">= {ge}")
+    if le is not None:
+        bounds.append(f"<= {le}")
+    allowed = "a finite number " + " and ".join(bounds) if bounds else "a finite number"
+    if ge is not None and le is not None:
+        allowed = f"a number in [{ge}, {le}]"
+
+    def check(name, value):
+        if (
+            not _is_real(value)
+            or (gt is not None and not value > gt)
+            or (ge is not None and not value >= ge)
+            or (le is not None and not value <= le)
+        ):
+            _fail(name, value, allowed)
+        return float(value)
+
+    check.allowed = allowed
+    return check
+
+
+def _optional(checker):
+    allowed = f"None or {checker.allowed}"
+
+    def check(name, value):
+        if value is None:
+            return None
+        try:
+            return checker(name, value)
+        except ValueError:
+            pass
+        _fail(name, value, allowed)
+
+    check.allowed = allowed
+    return check
+
+
+def _real_tuple(*, gt):
+    allowed = f"a non-empty sequence of finite numbers > {gt}"
+
+    def check(name, value):
+        items = _as_items(name, value, allowed)
+        if not all(_is_real(item) and item > gt for item in items):
+            _fail(name, value, allowed)
+        return tuple(float(item) for item in items)
+
+    check.allowed = allowed
+    return check
+
+
+def _integer_tuple(minimum):
+    allowed = f"a non-empty sequence of integers >= {minimum}"
+
+    def check(name, value):
+        items = _as_items(name, value, allowed)
+        if not all(_is_int(item) and item >= minimum for item in items):
+            _fail(name, value, allowed)
+        return tuple(int(item) for item in items)
+
+    check.allowed = allowed
+    return check
+
+
+def _subset(*options):
+    allowed = "a non-empty set of distinct integers from {" + ", ".join(map(str, options)) + "}"
+
+    def check(name, value):
+        items = _as_items(name, value, allowed, allow_sets=True)
+        if not all(_is_int(item) and item in options for item in items):
+            _fail(name, value, allowed)
+        if len(set(items)) != len(items):
+            _fail(name, value, allowed)
+        return tuple(sorted(int(item) for item in items))
+
+    check.allowed = allowed
+    return check
+
+
+def _cell_size(name, value):
+    allowed = "an integer >= 32 or a pair (ny, nx) of integers >= 32"
+    if _is_int(value):
+        items = [value, value]
+    elif _is_vector(value):
+        items = list(value)
+    else:
+        _fail(name, value, allowed)
+    if len(items) != 2 or not all(_is_int(item) and item >= 32 for item in items):
+        _fail(name, value, allowed)
+    return (int(items[0]), int(items[1]))
+
+
+def _option(default, check):
+    return field(default=default, metadata={"check": check})
+
+
+# Reference default of max_condition_number per kernel basis (used when it is None).
+_DEFAULT_MAX_CONDITION_NUMBER = {"alard-lupton": 5e7, "delta-function": 5e6}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatchConfig:
+    """Options of the PSF matching, with the reference defaults.
+
+    A frozen, keyword-only dataclass. Every value is checked when the object is
+    created: an invalid value raises `ValueError` naming the option, the value
+    and what is allowed. Sequences are stored as tuples and an integer
+    ``cell_size`` as a square ``(n, n)``. Use `replace` to derive a changed
+    (and again validated) configuration, and `to_dict` / `from_dict` to store it
+    (metadata, JSON or YAML configuration files).
+
+    Parameters
+    ----------
+    kernel_basis : {'alard-lupton', 'delta-function'}, optional
+        Kernel basis. Default ``'alard-lupton'``: Gaussians times polynomials
+        (Alard & Lupton 1998). ``'delta-function'``: one basis image per kernel
+        pixel, which needs regularization (``use_regularization``).
+    kernel_size : int, optional
+        Side of the square kernel in pixels, odd and >= 3. Default 21.
+        Ignored when ``scale_by_fwhm`` is True.
+    scale_by_fwhm : bool, optional
+        Derive the Alard-Lupton sigmas and the kernel size from the source and
+        target PSF widths. Default False (model matching uses the fixed basis).
+    kernel_size_fwhm_scaling : float, optional
+        With ``scale_by_fwhm``, the kernel size is this factor (> 0) times the
+        largest basis sigma. Default 6.0.
+    kernel_size_min, kernel_size_max : int, optional
+        Clamp of the FWHM-scaled kernel size; odd integers >= 3 with
+        ``kernel_size_min <= kernel_size_max``. Defaults 21 and 35.
+    alard_sigmas : sequence of float, optional
+        Widths (pixels, > 0) of the Alard-Lupton Gaussians. Default
+        ``(0.7, 1.5, 3.0)``.
+    alard_degrees : sequence of int, optional
+        Polynomial degree (>= 0) multiplying each Gaussian, one per sigma.
+        Default ``(4, 2, 2)``, i.e. 15 + 6 + 6 = 27 basis functions.
+    alard_min_sigma : float, optional
+        With ``scale_by_fwhm``, smallest sigma (> 0) of the convolution basis.
+        Default 0.7.
+    alard_min_sigma_deconv : float, optional
+        With ``scale_by_fwhm``, smallest sigma (> 0) when the target is
+        narrower than the source (deconvolution). Default 0.4.
+    alard_degree_deconv : int, optional
+        Polynomial degree (>= 0) of the deconvolution Gaussians. Default 3.
+    alard_gauss_beta : float, optional
+        Ratio (> 1) between successive sigmas of the FWHM-scaled basis.
+        Default 2.0.
+    spatial_model : {'chebyshev1', 'polynomial'}, optional
+        Functions of the spatial variation of the kernel coefficients:
+        Chebyshev polynomials of the first kind or ordinary monomials in
+        coordinates normalized to [-1, 1]. Default ``'chebyshev1'``.
+    spatial_order : int, optional
+        Total order (>= 0) of the spatial variation; order 2 gives 6 terms.
+        Default 2.
+    cell_size : int or (int, int), optional
+        Cell size ``(ny, nx)`` in pixels like an array shape, each >= 32; an
+        integer means a square cell. One kernel candidate per cell. Default
+        ``(128, 128)``.
+    auto_pad_psf : bool, optional
+        Pad the PSF stamps to at least ``auto_pad_psf_to`` times the kernel size.
+        Default True.
+    auto_pad_psf_to : float, optional
+        Stamp size as a multiple of the kernel size with ``auto_pad_psf``, in
+        [1, 2]. Default 1.4 (31-pixel stamps for a 21-pixel kernel).
+    pad_psf_by : int, optional
+        Pixels (even, >= 0) added to the stamp size when ``auto_pad_psf`` is
+        False. Default 0.
+    psf_size : int or None, optional
+        Stamp size (odd, >= 3) at which analytic PSF models are realized;
+        None lets the model decide. Default None.
+    use_pca_for_spatial_kernel : bool, optional
+        Fit the spatial kernel on principal components of the per-candidate
+        kernels. Default False.
+    num_principal_components : int, optional
+        Number (>= 1) of principal components kept. Default 5.
+    subtract_mean_for_pca : bool, optional
+        Subtract the mean kernel before the principal component analysis.
+        Default True.
+    use_regularization : bool, optional
+        Regularize the fit; used by the delta-function basis only. Default True.
+    regularization_type : {'central-difference', 'forward-difference'}, optional
+        Regularization operator. Default ``'central-difference'``.
+    central_regularization_stencil : {5, 9}, optional
+        Points of the central-difference Laplacian stencil. Default 9.
+    forward_regularization_orders : sequence of int, optional
+        Non-empty set of forward-difference orders from {0, 1, 2}, stored
+        sorted. Default ``(1, 2)``.
+    regularization_border_penalty : float, optional
+        Extra penalty (>= 0) on kernel pixels at the border. Default 3.0.
+    lambda_type : {'absolute', 'relative'}, optional
+        ``'absolute'``: the regularization strength is ``lambda_value``;
+        ``'relative'``: ``lambda_scaling * tr(M) / tr(H)``. Default
+        ``'absolute'``.
+    lambda_value : float, optional
+        Absolute regularization strength (>= 0). Default 0.2.
+    lambda_scaling : float, optional
+        Relative regularization strength (> 0). Default 1e-4.
+    check_condition_number : bool, optional
+        Reject candidates whose normal matrix has a condition number above
+        ``max_condition_number``. Default False.
+    max_condition_number : float or None, optional
+        Largest accepted per-candidate condition number (> 0); None means the
+        reference value of the basis, 5e7 for Alard-Lupton and 5e6 for
+        delta-function (see `effective_max_condition_number`). Default None.
+    condition_number_type : {'eigenvalue', 'svd'}, optional
+        How condition numbers are computed. Default ``'eigenvalue'``.
+    max_spatial_condition_number : float, optional
+        Largest condition number (> 0) of the spatial solution before a warning
+        is issued and the pseudo-inverse is used. Default 1e10.
+    constant_variance_weighting : bool, optional
+        Weight all stamp pixels equally in the fit (PSF stamps carry no
+        variance). Default True.
+
+    Raises
+    ------
+    ValueError
+        If an option has a value of the wrong type or outside its allowed range,
+        or if options disagree (``alard_sigmas`` and ``alard_degrees`` of
+        different lengths, ``kernel_size_min > kernel_size_max``).
+
+    Examples
+    --------
+    >>> from astropsfmatch import MatchConfig
+    >>> config = MatchConfig(kernel_size=25, cell_size=200)
+    >>> config.kernel_size, config.cell_size
+    (25, (200, 200))
+    >>> config.alard_sigmas, config.alard_degrees
+    ((0.7, 1.5, 3.0), (4, 2, 2))
+    >>> config.effective_max_condition_number
+    50000000.0
+    >>> config.replace(spatial_order=1).spatial_order
+    1
+    >>> MatchConfig.from_dict(config.to_dict()) == config
+    True
+    >>> MatchConfig(kernel_size=20)
+    Traceback (most recent call last):
+        ...
+    ValueError: kernel_size must be an odd integer >= 3, got 20
+    """
+
+    kernel_basis: str = _option("alard-lupton", _choice("alard-lupton", "delta-function"))
+    kernel_size: int = _option(21, _integer(3, odd=True))
+    scale_by_fwhm: bool = _option(False, _check_bool)
+    kernel_size_fwhm_scaling: float = _option(6.0, _real(gt=0))
+    kernel_size_min: int = _option(21, _integer(3, odd=True))
+    kernel_size_max: int = _option(35, _integer(3, odd=True))
+    alard_sigmas: tuple[float, ...] = _option((0.7, 1.5, 3.0), _real_tuple(gt=0))
+    alard_degrees: tuple[int, ...] = _option((4, 2, 2), _integer_tuple(0))
+    alard_min_sigma: float = _option(0.7, _real(gt=0))
+    alard_min_sigma_deconv: float = _option(0.4, _real(gt=0))
+    alard_degree_deconv: int = _option(3, _integer(0))
+    alard_gauss_beta: float = _option(2.0, _real(gt=1))
+    spatial_model: str = _option("chebyshev1", _choice("chebyshev1", "polynomial"))
+    spatial_order: int = _option(2, _integer(0))
+    cell_size: tuple[int, int] = _option((128, 128), _cell_size)
+    auto_pad_psf: bool = _option(True, _check_bool)
+    auto_pad_psf_to: float = _option(1.4, _real(ge=1, le=2))
+    pad_psf_by: int = _option(0, _integer(0, even=True))
+    psf_size: int | None = _option(None, _optional(_integer(3, odd=True)))
+    use_pca_for_spatial_kernel: bool = _option(False, _check_bool)
+    num_principal_components: int = _option(5, _integer(1))
+    subtract_mean_for_pca: bool = _option(True, _check_bool)
+    use_regularization: bool = _option(True, _check_bool)
+    regularization_type: str = _option(
+        "central-difference", _choice("central-difference", "forward-difference")
+    )
+    central_regularization_stencil: int = _option(9, _choice(5, 9))
+    forward_regularization_orders: tuple[int, ...] = _option((1, 2), _subset(0, 1, 2))
+    regularization_border_penalty: float = _option(3.0, _real(ge=0))
+    lambda_type: str = _option("absolute", _choice("absolute", "relative"))
+    lambda_value: float = _option(0.2, _real(ge=0))
+    lambda_scaling: float = _option(1e-4, _real(gt=0))
+    check_condition_number: bool = _option(False, _check_bool)
+    max_condition_number: float | None = _option(None, _optional(_real(gt=0)))
+    condition_number_type: str = _option("eigenvalue", _choice("eigenvalue", "svd"))
+    max_spatial_condition_number: float = _option(1e10, _real(gt=0))
+    constant_variance_weighting: bool = _option(True, _check_bool)
+
+    def __post_init__(self):
+        # The one place where options are validated and normalized.
+        for option in dataclasses.fields(self):
+            value = option.metadata["check"](option.name, getattr(self, option.name))
+            object.__setattr__(self, option.name, value)
+
+        if len(self.alard_sigmas) != len(self.alard_degrees):
+            msg = (
+                "alard_sigmas and alard_degrees must have the same length, got "
+                f"alard_sigmas={self.alard_sigmas!r} ({len(self.alard_sigmas)} values) and "
+                f"alard_degrees={self.alard_degrees!r} ({len(self.alard_degrees)} values)"
+            )
+            raise ValueError(msg)
+        if self.kernel_size_min > self.kernel_size_max:
+            msg = (
+                "kernel_size_min must be <= kernel_size_max, got "
+                f"kernel_size_min={self.kernel_size_min} and "
+                f"kernel_size_max={self.kernel_size_max}"
+            )
+            raise ValueError(msg)
+
+    @property
+    def effective_max_condition_number(self):
+        """float: ``max_condition_number``, or the basis' reference value if None.
+
+        5e7 for the Alard-Lupton basis and 5e6 for the delta-function basis.
+        """
+        if self.max_condition_number is not None:
+            return self.max_condition_number
+        return _DEFAULT_MAX_CONDITION_NUMBER[self.kernel_basis]
+
+    def to_dict(self):
+        """Return the options as a plain, JSON-serializable dictionary.
+
+        Tuples become lists; the keys are the field names in definition order.
+
+        Returns
+        -------
+        dict
+            One entry per option.
+
+        Examples
+        --------
+        >>> from astropsfmatch import MatchConfig
+        >>> options = MatchConfig().to_dict()
+        >>> options["kernel_size"], options["cell_size"]
+        (21, [128, 128])
+        """
+        return {
+            option.name: _to_plain(getattr(self, option.name))
+            for option in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, options):
+        """Create a configuration from a dictionary such as `to_dict` returns.
+
+        Missing options take their defaults.
+
+        Parameters
+        ----------
+        options : dict
+            Option names and values.
+
+        Returns
+        -------
+        MatchConfig
+            The validated configuration.
+
+        Raises
+        ------
+        ValueError
+            If ``options`` is not a mapping, has an unknown key, or has an
+            invalid value.
+
+        Examples
+        --------
+        >>> from astropsfmatch import MatchConfig
+        >>> MatchConfig.from_dict({"cell_size": [64, 96]}).cell_size
+        (64, 96)
+        """
+        if not isinstance(options, Mapping):
+            msg = f"options must be a mapping of option names to values, got {options!r}"
+            raise ValueError(msg)
+        _check_names(options)
+        return cls(**options)
+
+    def replace(self, **changes):
+        """Return a new configuration with some options changed (and validated).
+
+        Parameters
+        ----------
+        **changes
+            Option names and their new values.
+
+        Returns
+        -------
+        MatchConfig
+            The new configuration; this one is unchanged.
+
+        Raises
+        ------
+        ValueError
+            If an option name is unknown or a new value is invalid.
+
+        Examples
+        --------
+        >>> from astropsfmatch import MatchConfig
+        >>> MatchConfig().replace(kernel_basis="delta-function").effective_max_condition_number
+        5000000.0
+        """
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+
+def _check_names(options):
+    names = [option.name for option in dataclasses.fields(MatchConfig)]
+    unknown = [key for key in options if key not in names]
+    if unknown:
+        msg = (
+            f"unknown MatchConfig option(s) {', '.join(map(repr, unknown))}; "
+            f"allowed options are {', '.join(names)}"
+        )
+        raise ValueError(msg)
+
+
+def _to_plain(value):
+    if isinstance(value, tuple):
+        return [_to_plain(item) for item in value]
+    return value

@@ -1,0 +1,668 @@
+"""PSF model coercion and stamp realization.
+
+Every PSF the package accepts -- a photutils PSF model, an astropy 2-D model
+usable through `photutils.psf.make_psf_model`, or a 2-D odd-sized array -- is
+turned into a private `_PSF` object by `_as_psf`. That object realizes
+*stamps*: float64 images of odd size that sum to one, with the PSF centre on
+the centre pixel, carrying the PSF *shape* at a given image position.
+
+Realization samples the model's own evaluation at integer pixel offsets
+around its centre and normalizes the samples to unit sum. Analytic models and
+`~photutils.psf.ImagePSF` have the same shape everywhere and are realized once
+per stamp size; `~photutils.psf.GriddedPSFModel` is realized at many positions
+at once by a vectorized reproduction of its own interpolation (bilinear
+weights of the four nearest grid ePSFs, each ePSF sampled by its cubic spline).
+"""
+
+import numpy as np
+from astropy.modeling import Model
+from astropy.units import Quantity
+from photutils.psf import GriddedPSFModel, ImagePSF, make_psf_model
+from scipy.interpolate import RectBivariateSpline
+
+__all__ = ["realize_psf"]
+
+#: FWHM of a Gaussian in units of its sigma, 2 sqrt(2 ln 2).
+_GAUSSIAN_SIGMA_TO_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+#: Fraction of the flux the natural stamp of an analytic model must hold.
+_FLUX_FRACTION = 0.999
+
+#: First and largest sizes tried when measuring an analytic model's extent.
+_FIRST_PROBE_SIZE = 15
+_MAX_NATURAL_SIZE = 1023
+
+#: The extent measurement stops growing the probe stamp once the outer ring
+#: added by the last doubling holds less than this fraction of the flux.
+_RING_TOLERANCE = 1e-5
+
+#: Smallest natural stamp size.
+_MIN_NATURAL_SIZE = 3
+
+#: (x, y) parameter names of the centre, tried in this order.
+_POSITION_NAMES = (("x_0", "y_0"), ("x_mean", "y_mean"))
+
+#: Names of a flux-like (scale) parameter, tried in this order.
+_FLUX_NAMES = ("flux", "amplitude")
+
+
+def realize_psf(model, x, y, size=None):
+    """
+    Realize a unit-flux PSF stamp at an image position.
+
+    The stamp is the PSF model sampled at integer pixel offsets around its
+    centre, normalized to unit sum, with the PSF centre on the centre pixel
+    of the stamp. It carries the PSF *shape* at image position ``(x, y)``:
+    this matters for a `~photutils.psf.GriddedPSFModel`, while analytic
+    models, `~photutils.psf.ImagePSF` and arrays have the same shape
+    everywhere.
+
+    Parameters
+    ----------
+    model : `~astropy.modeling.Model` or 2-D `~numpy.ndarray`
+        The PSF: a photutils PSF model (`~photutils.psf.ImagePSF`,
+        including oversampled ones, `~photutils.psf.GriddedPSFModel`,
+        `~photutils.psf.CircularGaussianPRF`, `~photutils.psf.GaussianPSF`,
+        `~photutils.psf.MoffatPSF`, `~photutils.psf.AiryDiskPSF`, ...), any
+        other 2-D astropy model with ``x_0``/``y_0`` or ``x_mean``/``y_mean``
+        position parameters (wrapped with `~photutils.psf.make_psf_model`),
+        a model returned by `~photutils.psf.make_psf_model`, or a 2-D array
+        with odd dimensions whose centre pixel is the PSF centre.
+    x, y : float
+        The image position (pixel coordinates, pixel centres at integers)
+        whose PSF shape is realized.
+    size : odd int or `None`, optional
+        The side of the square stamp. `None` gives the natural size:
+        for image-based models the number of detector pixels the data span
+        (made odd), for analytic models the smallest odd size that holds
+        at least 99.9% of the flux, for arrays their larger dimension. A
+        different size pads with zeros or clips, centred, before the stamp
+        is normalized.
+
+    Returns
+    -------
+    stamp : 2-D `~numpy.ndarray`
+        A float64 array of shape ``(size, size)`` that sums to one.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is neither a 2-D model nor an array.
+    ValueError
+        If ``model`` is an array that is not 2-D, has even dimensions,
+        non-finite values or a non-positive sum; if it is a model without
+        recognizable position parameters, or whose realized stamp is
+        non-finite or has a non-positive sum; if ``size`` is not an odd
+        positive integer; or if ``x`` or ``y`` is not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from photutils.psf import CircularGaussianPSF
+    >>> from astropsfmatch.psf import realize_psf
+    >>> stamp = realize_psf(CircularGaussianPSF(fwhm=3.0), 100.0, 200.0,
+    ...                     size=15)
+    >>> stamp.shape
+    (15, 15)
+    >>> bool(np.isclose(stamp.sum(), 1.0))
+    True
+    >>> int(stamp.argmax()) == 7 * 15 + 7  # the centre pixel
+    True
+    >>> realize_psf(CircularGaussianPSF(fwhm=3.0), 0.0, 0.0).shape
+    (9, 9)
+    """
+    psf = _as_psf(model, name="model")
+    x, y = _check_position(x, "x"), _check_position(y, "y")
+    if size is None:
+        size = psf.native_size(x, y)
+    return psf.stamps(x, y, size)[0]
+
+
+def _as_psf(psf, *, name="source_psf", psf_size=None):
+    """
+    Validate a PSF input and wrap it in a `_PSF` object.
+
+    Parameters
+    ----------
+    psf : `~astropy.modeling.Model`, 2-D array_like or `_PSF`
+        The PSF (see `realize_psf`). A `_PSF` is returned unchanged.
+    name : str, optional
+        The parameter name used in error messages.
+    psf_size : odd int >= 3 or `None`, optional
+        The natural stamp size of an analytic model (ignored for image-based
+        models and arrays, which have their own size). `None` measures the
+        size holding 99.9% of the flux.
+
+    Returns
+    -------
+    psf : `_PSF`
+        The wrapped PSF. Its ``model`` attribute is the original object,
+        which is never modified.
+    """
+    if isinstance(psf, _PSF):
+        return psf
+    if psf_size is not None:
+        psf_size = _check_size(psf_size, "psf_size", minimum=3)
+    if isinstance(psf, GriddedPSFModel):
+        return _GriddedPSF(psf, name)
+    if isinstance(psf, Model):
+        return _ModelPSF(psf, name, psf_size)
+    if isinstance(psf, (np.ndarray, list, tuple)):
+        return _ArrayPSF(psf, name)
+    msg = (
+        f"{name} must be a photutils PSF model, a 2-D astropy model or a 2-D "
+        f"array with odd dimensions, got an object of type {type(psf).__name__}"
+    )
+    raise TypeError(msg)
+
+
+class _PSF:
+    """
+    A validated PSF that realizes unit-flux stamps (base class).
+
+    Subclasses implement ``_stamps(x, y, size)`` for validated flat position
+    arrays and set ``_natural_size``.
+
+    Attributes
+    ----------
+    model : object
+        The original PSF object (never modified).
+    name : str
+        The parameter name used in error messages.
+    """
+
+    kind = "psf"
+
+    def __init__(self, model, name):
+        self.model = model
+        self.name = name
+        self._natural_size = None
+
+    def __repr__(self):
+        return (
+            f"<{type(self).__name__} {self.name}: {type(self.model).__name__}, "
+            f"natural size {self._natural_size}>"
+        )
+
+    def native_size(self, x, y):
+        """
+        The natural stamp size: the largest over the positions ``(x, y)``.
+
+        Parameters
+        ----------
+        x, y : float or array_like
+            Image positions (broadcast together).
+
+        Returns
+        -------
+        size : int
+            An odd stamp size.
+        """
+        _check_positions(x, y)
+        return int(self._natural_size)
+
+    def stamps(self, x, y, size):
+        """
+        Unit-flux stamps of the PSF shape at image positions.
+
+        Parameters
+        ----------
+        x, y : float or array_like
+            Image positions (broadcast together, then flattened).
+        size : odd int
+            Side of the square stamps.
+
+        Returns
+        -------
+        stamps : `~numpy.ndarray`
+            Float64 array of shape ``(n, size, size)``, each stamp summing to
+            one with the PSF centre on its centre pixel.
+        """
+        x, y = _check_positions(x, y)
+        size = _check_size(size, "size")
+        return self._stamps(x, y, size)
+
+    def fwhm(self, x, y):
+        """
+        Gaussian-equivalent FWHM of the PSF at image positions.
+
+        The FWHM is computed from the second moments of the stamp realized at
+        the natural size, about its centroid, as
+        ``2 sqrt(2 ln 2) * sqrt((Ixx + Iyy) / 2)``: exact for a well-sampled
+        Gaussian; larger than the true FWHM for profiles with extended wings
+        (Moffat, Airy), and it includes the pixel response of pixel-integrated
+        (PRF) models.
+
+        Parameters
+        ----------
+        x, y : float or array_like
+            Image positions (broadcast together, then flattened).
+
+        Returns
+        -------
+        fwhm : `~numpy.ndarray`
+            Float64 array of shape ``(n,)`` in pixels.
+        """
+        x, y = _check_positions(x, y)
+        return _moment_fwhm(self._stamps(x, y, self._natural_size))
+
+
+class _ConstantPSF(_PSF):
+    """A PSF with the same shape everywhere: one stamp per size, cached."""
+
+    def __init__(self, model, name):
+        super().__init__(model, name)
+        self._cache = {}
+
+    def _stamp(self, size):
+        if size not in self._cache:
+            stamp = _normalize(self._raw_stamp(size)[np.newaxis], self.name, self._what)[0]
+            stamp.flags.writeable = False
+            self._cache[size] = stamp
+        return self._cache[size]
+
+    def _stamps(self, x, y, size):
+        return np.broadcast_to(self._stamp(size), (x.size, size, size)).copy()
+
+    def fwhm(self, x, y):
+        x, y = _check_positions(x, y)
+        value = _moment_fwhm(self._stamp(self._natural_size)[np.newaxis])[0]
+        return np.full(x.size, value)
+
+    fwhm.__doc__ = _PSF.fwhm.__doc__
+
+
+class _ArrayPSF(_ConstantPSF):
+    """A constant PSF given as a 2-D array with odd dimensions."""
+
+    kind = "array"
+
+    def __init__(self, psf, name):
+        super().__init__(psf, name)
+        try:
+            data = np.asarray(psf.value if isinstance(psf, Quantity) else psf)
+        except (TypeError, ValueError) as exc:  # ragged nested sequences
+            msg = f"{name} must be a 2-D array of real numbers, got {type(psf).__name__}: {exc}"
+            raise TypeError(msg) from exc
+        if data.dtype.kind not in "biuf":
+            msg = f"{name} must be a 2-D array of real numbers, got dtype {data.dtype}"
+            raise TypeError(msg)
+        data = data.astype(np.float64)  # a private copy in native byte order
+        if data.ndim != 2:
+            msg = f"{name} must be a 2-D array, got {data.ndim}-D with shape {data.shape}"
+            raise ValueError(msg)
+        if data.shape[0] % 2 == 0 or data.shape[1] % 2 == 0:
+            msg = (
+                f"{name} must have odd dimensions (its centre pixel is the PSF "
+                f"centre), got shape {data.shape}"
+            )
+            raise ValueError(msg)
+        if not np.all(np.isfinite(data)):
+            nbad = int(np.count_nonzero(~np.isfinite(data)))
+            msg = f"{name} must contain only finite values, got {nbad} non-finite of {data.size}"
+            raise ValueError(msg)
+        total = float(data.sum())
+        if not total > 0:
+            msg = f"{name} must have a positive sum, got {total!r}"
+            raise ValueError(msg)
+        data.flags.writeable = False
+        self._data = data
+        self._what = "array"
+        self._natural_size = max(data.shape)
+
+    def _raw_stamp(self, size):
+        return _resize_centred(self._data, size)
+
+
+class _ModelPSF(_ConstantPSF):
+    """A PSF model with the same shape everywhere (analytic or ImagePSF)."""
+
+    kind = "model"
+
+    def __init__(self, model, name, psf_size=None):
+        super().__init__(model, name)
+        self._what = "model"
+        if model.n_inputs != 2 or model.n_outputs != 1:
+            msg = (
+                f"{name} must be a 2-D model (two inputs, one output), got "
+                f"{type(model).__name__} with {model.n_inputs} input(s) and "
+                f"{model.n_outputs} output(s)"
+            )
+            raise TypeError(msg)
+        if len(model) != 1:
+            msg = f"{name} must be a single model, got a set of {len(model)} models"
+            raise ValueError(msg)
+        self._eval_model = _centred_model(model, name)
+        self.kind = "image" if isinstance(model, ImagePSF) else "analytic"
+
+        if isinstance(model, ImagePSF):
+            oversampling = np.asarray(model.oversampling, dtype=float)  # (y, x)
+            shape = np.asarray(model.data.shape, dtype=float)  # (ny, nx)
+            origin = np.asarray(model.origin, dtype=float)[::-1]  # (y, x)
+            self._natural_size = _image_native_size(shape, oversampling, origin)
+        elif psf_size is not None:
+            self._natural_size = psf_size
+        else:
+            self._natural_size = self._measure_size(model)
+        # realize once so that a bad model fails here, not later
+        self._stamp(self._natural_size)
+
+    def _raw_stamp(self, size):
+        offsets = np.arange(size, dtype=np.float64) - size // 2
+        yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
+        try:
+            with np.errstate(all="ignore"):
+                values = self._eval_model(xx, yy)
+        except Exception as exc:  # noqa: BLE001 - any failure is a bad model
+            msg = f"{self.name} could not be evaluated as a 2-D PSF model: {exc}"
+            raise ValueError(msg) from exc
+        if isinstance(values, Quantity):
+            values = values.value
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (size, size):
+            values = np.broadcast_to(values, (size, size))
+        return values
+
+    def _measure_size(self, model):
+        """Smallest odd stamp size holding ``_FLUX_FRACTION`` of the flux."""
+        # photutils functional models integrate to their flux parameter (1)
+        known_total = 1.0 if type(model).__module__.startswith("photutils.psf") else 0.0
+        size = _FIRST_PROBE_SIZE
+        while True:
+            raw = self._raw_stamp(size)
+            if not np.all(np.isfinite(raw)):
+                msg = (
+                    f"{self.name} gives non-finite values when realized on a "
+                    f"{size}x{size} stamp around its centre"
+                )
+                raise ValueError(msg)
+            cumulative = np.cumsum(_ring_sums(raw))  # flux within size 2r+1
+            total = cumulative[-1]
+            inner = cumulative[(size - 1) // 4]  # the previous probe size
+            if not total > 0:
+                msg = (
+                    f"{self.name} has a non-positive sum ({float(total)!r}) when realized "
+                    f"on a {size}x{size} stamp around its centre"
+                )
+                raise ValueError(msg)
+            if abs(total - inner) <= _RING_TOLERANCE * total or size >= _MAX_NATURAL_SIZE:
+                break
+            size = 2 * size + 1
+        reference = max(total, known_total)
+        enough = np.flatnonzero(cumulative >= _FLUX_FRACTION * reference)
+        radius = int(enough[0]) if enough.size else size // 2
+        return max(2 * radius + 1, _MIN_NATURAL_SIZE)
+
+
+class _GriddedPSF(_PSF):
+    """
+    A `~photutils.psf.GriddedPSFModel`, realized at many positions at once.
+
+    photutils evaluates the model at ``(x, y)`` as the bilinear combination
+    of the four grid ePSFs around ``(x_0, y_0)`` (positions outside the grid
+    are clipped to its edge), each ePSF interpolated by a cubic
+    `~scipy.interpolate.RectBivariateSpline` at
+    ``oversampling * (x - x_0) + origin``. Centred at integer offsets, the
+    sampling points do not depend on the position, so each ePSF is sampled
+    once per stamp size (a *template*) and the stamps are the bilinear
+    weights times the templates: one matrix product for all positions.
+    """
+
+    kind = "gridded"
+
+    def __init__(self, model, name):
+        super().__init__(model, name)
+        data = np.asarray(model.data, dtype=np.float64)
+        if data.ndim != 3 or not np.all(np.isfinite(data)):
+            msg = f"{name} must have a finite 3-D ePSF grid, got shape {data.shape}"
+            raise ValueError(msg)
+        self._data = data
+        xypos = np.asarray(model.grid_xypos, dtype=np.float64)
+        self._xgrid = np.unique(xypos[:, 0])
+        self._ygrid = np.unique(xypos[:, 1])
+        # photutils sorts the ePSFs by y, then x: index = iy * nx_grid + ix
+        self._oversampling = np.asarray(model.oversampling, dtype=float)  # (y, x)
+        self._origin = (np.asarray(data.shape[1:], dtype=float) - 1) / 2  # (y, x)
+        self._fill_value = model.fill_value
+        self._splines = [None] * data.shape[0]
+        self._templates = {}
+        self._natural_size = _image_native_size(
+            np.asarray(data.shape[1:], dtype=float), self._oversampling, self._origin
+        )
+        # every stamp is a convex combination of the grid templates: checking
+        # the templates checks every position
+        templates, invalid = self._get_templates(self._natural_size)
+        flat = templates.reshape(len(templates), -1)
+        if self._fill_value is not None:
+            flat = np.where(invalid.ravel(), self._fill_value, flat)
+        sums = flat.sum(axis=1)
+        bad = np.flatnonzero(~np.all(np.isfinite(flat), axis=1) | ~(sums > 0))
+        if bad.size:
+            i = int(bad[0])
+            msg = (
+                f"{name} has grid ePSF {i} at (x, y) = {tuple(xypos[i].tolist())} whose "
+                f"realized stamp is non-finite or has a non-positive sum ({float(sums[i])!r})"
+            )
+            raise ValueError(msg)
+
+    def _spline(self, index):
+        if self._splines[index] is None:
+            ny, nx = self._data.shape[1:]
+            # the same spline as GriddedPSFModel._calc_interpolator
+            self._splines[index] = RectBivariateSpline(
+                np.arange(nx), np.arange(ny), self._data[index].T, kx=3, ky=3, s=0
+            )
+        return self._splines[index]
+
+    def _get_templates(self, size):
+        """Each ePSF sampled at the centred integer offsets: (N, size, size)."""
+        if size not in self._templates:
+            offsets = np.arange(size, dtype=np.float64) - size // 2
+            yi = self._oversampling[0] * offsets + self._origin[0]
+            xi = self._oversampling[1] * offsets + self._origin[1]
+            ny, nx = self._data.shape[1:]
+            templates = np.empty((self._data.shape[0], size, size))
+            for index in range(self._data.shape[0]):
+                # spline(x, y) on a grid is indexed [x, y]
+                templates[index] = self._spline(index)(xi, yi, grid=True).T
+            invalid = ((yi < 0) | (yi > ny - 1))[:, np.newaxis] | (
+                (xi < 0) | (xi > nx - 1)
+            )[np.newaxis, :]
+            templates.flags.writeable = False
+            self._templates[size] = (templates, invalid)
+        return self._templates[size]
+
+    def _weights(self, x, y):
+        """Bilinear weights (n, N) of the grid ePSFs, as photutils computes them."""
+        n = x.size
+        npsf = self._data.shape[0]
+        weights = np.zeros((n, npsf))
+        if npsf == 1:
+            weights[:, 0] = 1.0
+            return weights
+        xgrid, ygrid = self._xgrid, self._ygrid
+        ix = np.clip(np.searchsorted(xgrid, x) - 1, 0, len(xgrid) - 2)
+        iy = np.clip(np.searchsorted(ygrid, y) - 1, 0, len(ygrid) - 2)
+        x0, x1 = xgrid[ix], xgrid[ix + 1]
+        y0, y1 = ygrid[iy], ygrid[iy + 1]
+        xc = np.clip(x, x0, x1)
+        yc = np.clip(y, y0, y1)
+        norm = (x1 - x0) * (y1 - y0)
+        nxg = len(xgrid)
+        rows = np.arange(n)
+        # lower-left, lower-right, upper-left, upper-right (distinct columns)
+        weights[rows, iy * nxg + ix] = (x1 - xc) * (y1 - yc) / norm
+        weights[rows, iy * nxg + ix + 1] = (xc - x0) * (y1 - yc) / norm
+        weights[rows, (iy + 1) * nxg + ix] = (x1 - xc) * (yc - y0) / norm
+        weights[rows, (iy + 1) * nxg + ix + 1] = (xc - x0) * (yc - y0) / norm
+        return weights
+
+    def _stamps(self, x, y, size):
+        templates, invalid = self._get_templates(size)
+        npsf = templates.shape[0]
+        stamps = self._weights(x, y) @ templates.reshape(npsf, size * size)
+        stamps = stamps.reshape(x.size, size, size)
+        if self._fill_value is not None:
+            stamps[:, invalid] = self._fill_value
+        return _normalize(stamps, self.name, "model")
+
+
+def _centred_model(model, name):
+    """A copy of ``model`` centred at (0, 0) with unit flux, ready to evaluate."""
+    x_name = getattr(model, "x_name", None)
+    y_name = getattr(model, "y_name", None)
+    flux_name = getattr(model, "flux_name", None)
+    params = model.param_names
+    if not (isinstance(x_name, str) and x_name in params and isinstance(y_name, str)
+            and y_name in params):
+        x_name = y_name = None
+        for xn, yn in _POSITION_NAMES:
+            if xn in params and yn in params:
+                x_name, y_name = xn, yn
+                break
+    if x_name is None:
+        msg = (
+            f"{name} must have position parameters (one of "
+            f"{', '.join('/'.join(p) for p in _POSITION_NAMES)}), got a "
+            f"{type(model).__name__} with parameters {params}; wrap it with "
+            "photutils.psf.make_psf_model(model, x_name=..., y_name=...)"
+        )
+        raise ValueError(msg)
+    if not (isinstance(flux_name, str) and flux_name in params):
+        flux_name = next((fn for fn in _FLUX_NAMES if fn in params), None)
+
+    if (x_name, y_name) == ("x_0", "y_0") or hasattr(model, "x_name"):
+        centred = model.copy()
+    else:
+        # an astropy model with other position names: make it a PSF model
+        try:
+            centred = make_psf_model(
+                model, x_name=x_name, y_name=y_name, flux_name=flux_name, normalize=False
+            )
+        except Exception as exc:  # noqa: BLE001 - report any failure as a bad model
+            msg = (
+                f"{name} ({type(model).__name__}) could not be made a PSF model with "
+                f"photutils.psf.make_psf_model: {exc}"
+            )
+            raise ValueError(msg) from exc
+        x_name, y_name, flux_name = centred.x_name, centred.y_name, centred.flux_name
+    setattr(centred, x_name, 0.0)
+    setattr(centred, y_name, 0.0)
+    if flux_name is not None:
+        setattr(centred, flux_name, 1.0)
+    return centred
+
+
+def _image_native_size(shape, oversampling, origin):
+    """
+    Odd number of detector pixels spanned by (oversampled) image data.
+
+    ``shape``, ``oversampling`` and ``origin`` are (y, x) arrays; the stamp
+    holds every integer offset ``d`` whose sample ``oversampling * d +
+    origin`` lies within the data.
+    """
+    reach = np.maximum(origin, shape - 1 - origin) / oversampling
+    half = int(np.floor(np.max(reach) + 1e-9))
+    return max(2 * half + 1, 1)
+
+
+def _ring_sums(stamp):
+    """Sums over square rings of Chebyshev radius 0, 1, ... of an odd stamp."""
+    size = stamp.shape[-1]
+    d = np.abs(np.arange(size) - size // 2)
+    radius = np.maximum(d[:, np.newaxis], d[np.newaxis, :])
+    return np.bincount(radius.ravel(), weights=stamp.ravel(), minlength=size // 2 + 1)
+
+
+def _resize_centred(data, size):
+    """Pad with zeros or clip a 2-D odd-sized array to (size, size), centred."""
+    out = np.zeros((size, size))
+    h = size // 2
+    ny, nx = data.shape
+    ry, rx = min(ny // 2, h), min(nx // 2, h)
+    out[h - ry:h + ry + 1, h - rx:h + rx + 1] = data[
+        ny // 2 - ry:ny // 2 + ry + 1, nx // 2 - rx:nx // 2 + rx + 1
+    ]
+    return out
+
+
+def _normalize(stamps, name, what):
+    """Divide each stamp of (n, S, S) by its sum, checking it is usable."""
+    stamps = np.array(stamps, dtype=np.float64)
+    size = stamps.shape[-1]
+    finite = np.all(np.isfinite(stamps), axis=(1, 2))
+    sums = stamps.sum(axis=(1, 2))
+    if not np.all(finite):
+        msg = (
+            f"{name} gives a non-finite realized {size}x{size} stamp; the {what} must "
+            "evaluate to finite values around its centre"
+        )
+        raise ValueError(msg)
+    if not np.all(sums > 0):
+        bad = float(sums[~(sums > 0)][0])
+        msg = (
+            f"{name} gives a realized {size}x{size} stamp with non-positive sum "
+            f"({bad!r}); the {what} must have positive flux within the stamp"
+        )
+        raise ValueError(msg)
+    stamps /= sums[:, np.newaxis, np.newaxis]
+    return stamps
+
+
+def _moment_fwhm(stamps):
+    """Gaussian-equivalent FWHM from the second central moments of (n, S, S)."""
+    size = stamps.shape[-1]
+    offsets = np.arange(size, dtype=np.float64) - size // 2
+    total = stamps.sum(axis=(1, 2))
+    py = stamps.sum(axis=2) / total[:, np.newaxis]  # marginal along y
+    px = stamps.sum(axis=1) / total[:, np.newaxis]  # marginal along x
+    cy = py @ offsets
+    cx = px @ offsets
+    iyy = py @ offsets**2 - cy**2
+    ixx = px @ offsets**2 - cx**2
+    variance = np.maximum((ixx + iyy) / 2.0, 0.0)
+    return _GAUSSIAN_SIGMA_TO_FWHM * np.sqrt(variance)
+
+
+def _check_size(size, name, *, minimum=1):
+    """Check that ``size`` is an odd integer >= ``minimum``; return an int."""
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+        msg = f"{name} must be an odd integer >= {minimum}, got {size!r}"
+        raise TypeError(msg)
+    if size < minimum or size % 2 == 0:
+        msg = f"{name} must be an odd integer >= {minimum}, got {size!r}"
+        raise ValueError(msg)
+    return int(size)
+
+
+def _check_position(value, name):
+    """Check a scalar position coordinate; return a float."""
+    array = np.asarray(value)
+    if array.ndim != 0 or not np.issubdtype(array.dtype, np.number):
+        msg = f"{name} must be a finite real number, got {value!r}"
+        raise TypeError(msg) if array.ndim == 0 else ValueError(msg)
+    result = float(array)
+    if not np.isfinite(result):
+        msg = f"{name} must be a finite real number, got {value!r}"
+        raise ValueError(msg)
+    return result
+
+
+def _check_positions(x, y):
+    """Broadcast and flatten position arrays, checking they are finite."""
+    try:
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        msg = f"x and y must be real numbers or arrays of them: {exc}"
+        raise TypeError(msg) from exc
+    try:
+        x, y = np.broadcast_arrays(x, y)
+    except ValueError as exc:
+        msg = f"x and y must have broadcastable shapes, got {x.shape} and {y.shape}"
+        raise ValueError(msg) from exc
+    x, y = x.ravel(), y.ravel()
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        msg = "x and y must be finite, got non-finite positions"
+        raise ValueError(msg)
+    return x, y
