@@ -22,12 +22,19 @@ def next_odd(value):
 
 @dataclass(frozen=True)
 class CellGrid:
-    """Cells over an image bounding box grown by one cell on every side.
+    """Cells over an image bounding box, optionally grown by whole cells.
 
-    The grown box spans ``[-cell_x, nx + cell_x)`` in x (likewise in y) and
-    holds ``n = grown // cell`` cells along each axis; the candidate of cell
-    ``i`` sits at ``cell * i + cell // 2 - cell``. Spatial functions are
-    normalized to [-1, 1] over the grown box (:attr:`bbox`).
+    The box is the image grown by ``grow`` cells on every side; it holds
+    ``n = (size + 2 * grow * cell) // cell`` cells along each axis, centred
+    on the box (leftover pixels split evenly at both ends), and the
+    candidate of each cell sits at its centre. Spatial functions are
+    normalized to [-1, 1] over the box (:attr:`bbox`).
+
+    The reference pipeline grows the box by one cell. That constrains the
+    spatial fit beyond the image edges when the PSF model extrapolates
+    smoothly, but PSF models such as ``GriddedPSFModel`` hold the edge PSF
+    constant outside their grid, and candidates there bend the fit inside
+    the image; the default here is therefore no growth.
 
     Parameters
     ----------
@@ -35,17 +42,21 @@ class CellGrid:
         Image shape ``(ny, nx)``.
     cell_size : tuple of int
         Cell shape ``(cell_y, cell_x)``.
+    grow : int, optional
+        Cells added on every side of the image box (the reference: 1).
 
     Examples
     --------
     >>> from astropsfmatch.cells import CellGrid
-    >>> grid = CellGrid((4096, 4096), (128, 128))
-    >>> grid.n_cells, grid.n_candidates
-    ((34, 34), 1156)
+    >>> CellGrid((4096, 4096), (128, 128), grow=1).n_candidates
+    1156
+    >>> CellGrid((4096, 4096), (128, 128)).n_cells
+    (32, 32)
     """
 
     shape: tuple
     cell_size: tuple
+    grow: int = 0
 
     def __post_init__(self):
         shape = tuple(int(s) for s in self.shape)
@@ -58,13 +69,25 @@ class CellGrid:
             msg = (f"image of shape {shape} is smaller than one cell of cell_size {cell}: "
                    "use a smaller cell_size (each >= 32)")
             raise ValueError(msg)
+        if isinstance(self.grow, bool) or int(self.grow) != self.grow or self.grow < 0:
+            msg = f"grow must be an integer >= 0, got {self.grow!r}"
+            raise ValueError(msg)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "cell_size", cell)
+        object.__setattr__(self, "grow", int(self.grow))
+
+    def _axis(self, axis):
+        """(box start, box stop (exclusive), number of cells, first cell start) on one axis."""
+        size, cell = self.shape[axis], self.cell_size[axis]
+        start, stop = -self.grow * cell, size + self.grow * cell
+        n = (stop - start) // cell
+        first = start + ((stop - start) - n * cell) // 2
+        return start, stop, n, first
 
     @property
     def n_cells(self):
-        """Number of cells ``(n_y, n_x)`` over the grown box."""
-        return tuple((s + 2 * c) // c for s, c in zip(self.shape, self.cell_size, strict=True))
+        """Number of cells ``(n_y, n_x)``."""
+        return (self._axis(0)[2], self._axis(1)[2])
 
     @property
     def n_candidates(self):
@@ -73,21 +96,25 @@ class CellGrid:
 
     @property
     def bbox(self):
-        """Grown box ``(xmin, xmax, ymin, ymax)`` in pixels, for spatial normalization."""
-        (ny, nx), (cy, cx) = self.shape, self.cell_size
-        return (float(-cx), float(nx - 1 + cx), float(-cy), float(ny - 1 + cy))
+        """Box ``(xmin, xmax, ymin, ymax)`` in pixels, for spatial normalization."""
+        x0, x1, _, _ = self._axis(1)
+        y0, y1, _, _ = self._axis(0)
+        return (float(x0), float(x1 - 1), float(y0), float(y1 - 1))
+
+    def _centres(self, axis):
+        _, _, n, first = self._axis(axis)
+        cell = self.cell_size[axis]
+        return first + cell * np.arange(n) + cell // 2
 
     @property
     def centres_x(self):
         """x of the cell centres (1-D)."""
-        c = self.cell_size[1]
-        return c * np.arange(self.n_cells[1]) + c // 2 - c
+        return self._centres(1)
 
     @property
     def centres_y(self):
         """y of the cell centres (1-D)."""
-        c = self.cell_size[0]
-        return c * np.arange(self.n_cells[0]) + c // 2 - c
+        return self._centres(0)
 
     def positions(self):
         """Flat arrays ``(x, y)`` of all candidate positions, row by row."""
@@ -96,9 +123,9 @@ class CellGrid:
 
     def cell_bounds(self, iy, ix):
         """Cell ``(iy, ix)`` as ``(x0, x1, y0, y1)``, half-open, in image pixels."""
-        (cy, cx) = self.cell_size
-        x0, y0 = cx * ix - cx, cy * iy - cy
-        return (x0, x0 + cx, y0, y0 + cy)
+        x0 = self._axis(1)[3] + self.cell_size[1] * ix
+        y0 = self._axis(0)[3] + self.cell_size[0] * iy
+        return (x0, x0 + self.cell_size[1], y0, y0 + self.cell_size[0])
 
 
 def psf_stamp_size(native_size, kernel_size, *, auto_pad_psf=True, auto_pad_psf_to=1.4,

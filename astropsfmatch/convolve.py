@@ -110,6 +110,11 @@ def _tiling(size, half):
     return length, step, list(range(half, size - half, step))
 
 
+def _as_real(array):
+    """A C-contiguous complex array viewed as pairs of reals along the last axis."""
+    return np.ascontiguousarray(array).view(array.real.dtype)
+
+
 class _Plane:
     """One image to convolve (data or variance) with its monomial kernels."""
 
@@ -178,14 +183,12 @@ class _Convolver:
             np.multiply(scipy.fft.rfft2(buffer, workers=1), plane.spectra, out=products)
             products = scipy.fft.ifft(products, axis=1, overwrite_x=True, workers=1)
             n_groups = plane.column_weights.shape[0]
-            grouped = work["grouped"][:n_groups, :rows]
-            weighted_sum_rows(products[:, 2 * half:2 * half + rows],
-                              np.ascontiguousarray(plane.row_weights[:, y0:y0 + rows]),
-                              plane.group, grouped)
-            columns = scipy.fft.irfft(grouped, n=self.fft_x, axis=2, workers=1)
-            weighted_sum_columns(columns[:, :, 2 * half:2 * half + cols],
-                                 plane.column_weights[:, x0:x0 + cols],
-                                 plane.output[y0:y0 + rows, x0:x0 + cols])
+            grouped = work["grouped"][:n_groups]
+            weighted_sum_rows(_as_real(products), 2 * half, plane.row_weights[:, y0:y0 + rows],
+                              plane.group, _as_real(grouped))
+            columns = scipy.fft.irfft(grouped[:, :rows], n=self.fft_x, axis=2, workers=1)
+            weighted_sum_columns(columns, 2 * half, plane.column_weights, plane.output,
+                                 y0, x0, cols)
 
     def run(self, workers, extra=None):
         """Convolve every tile with ``workers`` threads; ``extra()`` runs alongside."""

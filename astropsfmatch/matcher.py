@@ -1,9 +1,12 @@
 """Match an image to a target PSF: ModelPsfMatcher, MatchResult and match_psf."""
 
+import numbers
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
 from ._logging import log
@@ -64,9 +67,45 @@ class MatchResult:
                 f"kernel_size={self.kernel.kernel_size} "
                 f"condition_number={self.metadata['spatial']['condition_number']:.3g}>")
 
+    def plot_candidates(self, **kwargs):
+        """Figure of the candidates: see `astropsfmatch.diagnostics.plot_candidates`."""
+        from . import diagnostics
+
+        return diagnostics.plot_candidates(self, **kwargs)
+
+    def plot_basis(self, **kwargs):
+        """Figure of the kernel basis: see `astropsfmatch.diagnostics.plot_basis`."""
+        from . import diagnostics
+
+        return diagnostics.plot_basis(self, **kwargs)
+
+    def plot_kernel_mosaic(self, **kwargs):
+        """Kernel mosaic figure: see `astropsfmatch.diagnostics.plot_kernel_mosaic`."""
+        from . import diagnostics
+
+        return diagnostics.plot_kernel_mosaic(self, **kwargs)
+
+    def plot_spatial_coefficients(self, **kwargs):
+        """Coefficient maps: see `astropsfmatch.diagnostics.plot_spatial_coefficients`."""
+        from . import diagnostics
+
+        return diagnostics.plot_spatial_coefficients(self, **kwargs)
+
+    def plot_cells(self, image=None, **kwargs):
+        """The cells over an image: see `astropsfmatch.diagnostics.plot_cells`."""
+        from . import diagnostics
+
+        return diagnostics.plot_cells(self, image, **kwargs)
+
+    def save_diagnostics(self, directory, image=None, **kwargs):
+        """Write all diagnostic PNGs: see `astropsfmatch.diagnostics.save_diagnostics`."""
+        from . import diagnostics
+
+        return diagnostics.save_diagnostics(self, directory, image, **kwargs)
+
 
 def _check_kernel_sum(kernel_sum):
-    if isinstance(kernel_sum, bool) or not np.isscalar(kernel_sum) \
+    if isinstance(kernel_sum, bool) or not isinstance(kernel_sum, numbers.Real) \
             or not np.isfinite(kernel_sum) or kernel_sum <= 0:
         msg = f"kernel_sum must be a finite number > 0, got {kernel_sum!r}"
         raise ValueError(msg)
@@ -79,6 +118,24 @@ def _summary(values):
         return {"mean": np.nan, "median": np.nan, "std": np.nan, "max": np.nan}
     return {"mean": float(values.mean()), "median": float(np.median(values)),
             "std": float(values.std()), "max": float(values.max())}
+
+
+def _fit_order_to_grid(config, grid):
+    """Lower the spatial order when the grid has too few cells to determine it.
+
+    A 2-D polynomial of order p needs at least p + 1 distinct candidate
+    positions along each axis; with fewer, the spatial normal matrix is
+    singular and the kernel between candidates is arbitrary.
+    """
+    possible = min(grid.n_cells) - 1
+    if config.spatial_order <= possible:
+        return config
+    msg = (f"spatial_order {config.spatial_order} needs at least {config.spatial_order + 1} "
+           f"cells along each axis but the grid has {grid.n_cells} cells of "
+           f"{grid.cell_size} pixels; using spatial_order {possible} (use a smaller cell_size "
+           "to keep the order)")
+    warnings.warn(msg, AstropyUserWarning, stacklevel=4)
+    return config.replace(spatial_order=possible)
 
 
 class ModelPsfMatcher:
@@ -154,7 +211,8 @@ class ModelPsfMatcher:
         t0 = time.perf_counter()
         source = _as_psf(source_psf, name="source_psf", psf_size=config.psf_size)
         target = _as_psf(target_psf, name="target_psf", psf_size=config.psf_size)
-        grid = CellGrid(shape, config.cell_size)
+        grid = CellGrid(shape, config.cell_size, grow=config.grow_cells)
+        config = _fit_order_to_grid(config, grid)
         x, y = grid.positions()
         basis = self._basis(source, target, grid)
         size = psf_stamp_size(source.native_size(x, y), basis.size,
@@ -251,7 +309,9 @@ class ModelPsfMatcher:
         return {
             "version": __version__,
             "basis": basis_meta,
-            "spatial": {"model": self.config.spatial_model, "order": self.config.spatial_order,
+            "spatial": {"model": solution.kernel.spatial_model,
+                        "order": solution.kernel.spatial_order,
+                        "requested_order": self.config.spatial_order,
                         "n_terms": solution.kernel.n_terms,
                         "n_unknowns": solution.info["n_unknowns"],
                         "condition_number": solution.info["spatial_condition_number"],

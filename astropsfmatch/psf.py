@@ -75,9 +75,10 @@ def realize_psf(model, x, y, size=None):
         The side of the square stamp. `None` gives the natural size:
         for image-based models the number of detector pixels the data span
         (made odd), for analytic models the smallest odd size that holds
-        at least 99.9% of the flux, for arrays their larger dimension. A
-        different size pads with zeros or clips, centred, before the stamp
-        is normalized.
+        at least 99.9% of the flux, for arrays their larger dimension.
+        Models are sampled over whatever size is asked for; arrays are
+        padded with zeros or clipped, centred. The stamp is normalized after
+        that.
 
     Returns
     -------
@@ -94,6 +95,25 @@ def realize_psf(model, x, y, size=None):
         recognizable position parameters, or whose realized stamp is
         non-finite or has a non-positive sum; if ``size`` is not an odd
         positive integer; or if ``x`` or ``y`` is not finite.
+
+    Notes
+    -----
+    The stamp is the model's own evaluation (a *PSF* model is sampled at
+    pixel centres, a *PRF* model is integrated over pixels, as the model
+    defines it) at ``(x + i, y + j)`` with the model centred on ``(x, y)``,
+    for integer offsets ``i, j`` in ``[-(size // 2), size // 2]``, divided by
+    its sum. For an `~photutils.psf.ImagePSF` the centre is its ``origin``;
+    with ``oversampling`` the samples are every ``oversampling``-th data
+    point from the origin, which the interpolating spline reproduces exactly
+    when those points fall on data samples.
+
+    For analytic models the flux fraction is measured on the sampled profile,
+    relative to the model's total flux (1 for photutils models, whose
+    ``flux`` parameter is the integral; otherwise the sum over a stamp grown
+    until its outer ring holds < 0.001% of the flux, at most 1023 pixels).
+    Profiles with power-law wings need large stamps: an
+    `~photutils.psf.AiryDiskPSF` of radius 2 pixels has a natural size of
+    about 600 pixels.
 
     Examples
     --------
@@ -406,6 +426,11 @@ class _GriddedPSF(_PSF):
     sampling points do not depend on the position, so each ePSF is sampled
     once per stamp size (a *template*) and the stamps are the bilinear
     weights times the templates: one matrix product for all positions.
+
+    The offsets are exact. photutils, evaluated at ``x + d`` with ``x_0 = x``,
+    computes ``(x + d) - x``, which can round to just beyond the last data
+    sample and then returns ``fill_value`` there; so the two can differ on
+    the outermost sample of the ePSF data (by that sample's value).
     """
 
     kind = "gridded"

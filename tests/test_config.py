@@ -24,6 +24,7 @@ DEFAULTS = {
     "spatial_model": "chebyshev1",
     "spatial_order": 2,
     "cell_size": (128, 128),
+    "grow_cells": 0,
     "auto_pad_psf": True,
     "auto_pad_psf_to": 1.4,
     "pad_psf_by": 0,
@@ -36,7 +37,7 @@ DEFAULTS = {
     "central_regularization_stencil": 9,
     "forward_regularization_orders": (1, 2),
     "regularization_border_penalty": 3.0,
-    "lambda_type": "absolute",
+    "lambda_type": "relative",
     "lambda_value": 0.2,
     "lambda_scaling": 1e-4,
     "check_condition_number": False,
@@ -79,6 +80,8 @@ BAD_VALUES = [
     ("spatial_order", -1, "an integer >= 0"),
     ("spatial_order", 2.0, "an integer >= 0"),
     ("cell_size", 31, "an integer >= 32 or a pair (ny, nx) of integers >= 32"),
+    ("grow_cells", -1, "an integer >= 0"),
+    ("grow_cells", 1.5, "an integer >= 0"),
     ("cell_size", (128, 16), "an integer >= 32 or a pair (ny, nx) of integers >= 32"),
     ("cell_size", (128, 128, 128), "an integer >= 32 or a pair (ny, nx) of integers >= 32"),
     ("cell_size", (128.0, 128.0), "an integer >= 32 or a pair (ny, nx) of integers >= 32"),
@@ -225,7 +228,7 @@ class TestRoundTrip:
         {},
         {"kernel_basis": "delta-function", "max_condition_number": 1e6, "psf_size": 41},
         {"cell_size": 64, "alard_sigmas": (1.0,), "alard_degrees": (0,)},
-        {"forward_regularization_orders": (0,), "lambda_type": "relative", "lambda_scaling": 1e-3},
+        {"forward_regularization_orders": (0,), "lambda_type": "absolute", "lambda_scaling": 1e-3},
     ]
 
     @pytest.mark.parametrize("options", CONFIGS)

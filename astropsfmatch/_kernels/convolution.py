@@ -17,40 +17,64 @@ from ._options import JIT_OPTIONS
 __all__ = ["dilate_box", "weighted_sum_columns", "weighted_sum_rows"]
 
 
-@numba.njit(**JIT_OPTIONS)
-def weighted_sum_rows(spectra, weights, group, out):
-    """Group row-weighted planes: ``out[g] = sum_{n: group[n] == g} weights[n, :, None] * spectra[n]``.
+# The loops below index 1-D row views with bare loop counters only: with
+# offsets added inside the index LLVM keeps the negative-index wrap-around
+# checks and does not vectorize (about 9x slower, measured).
 
-    spectra (n, rows, cols) complex; weights (n, rows) real; group (n,) int in
-    [0, out.shape[0]); out (n_groups, rows, cols) complex, overwritten.
+
+@numba.njit(**JIT_OPTIONS)
+def weighted_sum_rows(spectra, row0, weights, group, out):
+    """Group row-weighted planes:
+    ``out[g, i] = sum_{n: group[n] == g} weights[n, i] * spectra[n, row0 + i]`` for
+    ``i < weights.shape[1]``.
+
+    spectra (n, rows, cols) real (complex spectra viewed as pairs of reals);
+    weights (n, n_rows); group (n,) int in [0, out.shape[0]); out (n_groups, >= n_rows,
+    cols): rows ``0 .. n_rows - 1`` are overwritten.
     """
-    n_planes, n_rows, n_cols = spectra.shape
+    n_planes, n_cols = spectra.shape[0], spectra.shape[2]
+    n_rows = weights.shape[1]
     n_groups = out.shape[0]
     for i in range(n_rows):
         for g in range(n_groups):
+            target = out[g, i]
             for k in range(n_cols):
-                out[g, i, k] = 0.0
+                target[k] = 0.0
         for n in range(n_planes):
-            g = group[n]
+            target = out[group[n], i]
+            source = spectra[n, row0 + i]
             w = weights[n, i]
             for k in range(n_cols):
-                out[g, i, k] += w * spectra[n, i, k]
+                target[k] += w * source[k]
 
 
 @numba.njit(**JIT_OPTIONS)
-def weighted_sum_columns(planes, weights, out):
-    """Sum column-weighted planes: ``out[i, j] = sum_a weights[a, j] * planes[a, i, j]``.
+def weighted_sum_columns(planes, col0, weights, out, y0, x0, n_cols):
+    """Sum column-weighted planes into a block of ``out``:
+    ``out[y0 + i, x0 + j] = sum_a weights[a, x0 + j] * planes[a, i, col0 + j]``
+    for ``i < planes.shape[1]``, ``j < n_cols``.
 
-    planes (n, rows, cols) real; weights (n, cols) real; out (rows, cols), overwritten
-    (it may be a view into a larger image).
+    planes (n, rows, cols) real; weights (n, nx) real; out (ny, nx).
     """
-    n_planes, n_rows, n_cols = planes.shape
-    for i in range(n_rows):
+    n_planes, n_rows = planes.shape[0], planes.shape[1]
+    column_weights = np.empty((n_planes, n_cols), dtype=planes.dtype)
+    for a in range(n_planes):
         for j in range(n_cols):
-            out[i, j] = 0.0
-        for a in range(n_planes):
+            column_weights[a, j] = weights[a, x0 + j]
+    total = np.empty(n_cols, dtype=planes.dtype)
+    for i in range(n_rows):
+        source = planes[0, i, col0:col0 + n_cols]
+        w = column_weights[0]
+        for j in range(n_cols):
+            total[j] = w[j] * source[j]
+        for a in range(1, n_planes):
+            source = planes[a, i, col0:col0 + n_cols]
+            w = column_weights[a]
             for j in range(n_cols):
-                out[i, j] += weights[a, j] * planes[a, i, j]
+                total[j] += w[j] * source[j]
+        target = out[y0 + i, x0:x0 + n_cols]
+        for j in range(n_cols):
+            target[j] = total[j]
 
 
 @numba.njit(**JIT_OPTIONS)

@@ -1,0 +1,760 @@
+"""The ``astropsfmatch`` command: match a FITS image to a target PSF, or run the demo.
+
+::
+
+    astropsfmatch match SCIENCE.fits --target-psf gaussian:fwhm=4.5 -o MATCHED.fits
+    astropsfmatch demo --output astropsfmatch-demo
+
+Errors end with one line on stderr, ``astropsfmatch: error: ...``, and exit
+code 2 for bad command-line arguments or 1 for everything else (missing or
+unreadable files, an existing output without ``--overwrite``, a failed
+match); no output file is written then. ``--debug`` shows the traceback.
+`main` returns the exit code instead of exiting, so it can be called from
+Python and tests.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from ._logging import log
+
+__all__ = ["main", "parse_psf_spec"]
+
+_PROG = "astropsfmatch"
+
+#: Analytic PSF kinds of ``--target-psf``/``--source-psf`` specs and their parameters.
+_SPEC_PARAMETERS = {"gaussian": ("fwhm", "sigma"), "moffat": ("fwhm", "alpha", "beta")}
+_MOFFAT_DEFAULT_BETA = 2.5
+_GAUSSIAN_SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+class CommandError(Exception):
+    """A failure reported as one line and exit code ``status``."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit code 2."""
+
+    def error(self, message):
+        raise CommandError(f"{message} (see '{self.prog} --help')", status=2)
+
+
+# --------------------------------------------------------------------------- PSF options
+
+
+def parse_psf_spec(spec):
+    """Build an analytic photutils PSF from a spec such as ``gaussian:fwhm=4.5``.
+
+    Parameters
+    ----------
+    spec : str
+        ``gaussian:fwhm=F`` or ``gaussian:sigma=S`` for a
+        `~photutils.psf.CircularGaussianPRF`; ``moffat:fwhm=F,beta=B`` or
+        ``moffat:alpha=A,beta=B`` for a `~photutils.psf.MoffatPSF` (``beta``
+        defaults to 2.5). Values in pixels.
+
+    Returns
+    -------
+    model : `~photutils.psf.CircularGaussianPRF` or `~photutils.psf.MoffatPSF`
+
+    Raises
+    ------
+    ValueError
+        An unknown kind or parameter, a missing width, or a value that is
+        not a finite number > 0 (``beta`` > 1).
+
+    Examples
+    --------
+    >>> from astropsfmatch.cli import parse_psf_spec
+    >>> parse_psf_spec('gaussian:fwhm=4.5').fwhm.value
+    np.float64(4.5)
+    >>> model = parse_psf_spec('moffat:fwhm=4.5,beta=2.5')
+    >>> round(float(model.alpha.value), 4), float(model.beta.value)
+    (3.9843, 2.5)
+    """
+    from photutils.psf import CircularGaussianPRF, MoffatPSF
+
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in _SPEC_PARAMETERS:
+        msg = (f"unknown PSF kind {kind!r} in {spec!r}: use "
+               f"{' or '.join(_SPEC_PARAMETERS)}, e.g. 'gaussian:fwhm=4.5'")
+        raise ValueError(msg)
+    allowed = _SPEC_PARAMETERS[kind]
+    values = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        name, equals, text = item.partition("=")
+        name = name.strip().lower()
+        if not equals or name not in allowed:
+            msg = f"bad parameter {item!r} in {spec!r}: {kind} takes {', '.join(allowed)}"
+            raise ValueError(msg)
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0) or (name == "beta" and value <= 1):
+            limit = "> 1" if name == "beta" else "> 0"
+            msg = f"{name} must be a finite number {limit} in {spec!r}, got {text.strip()!r}"
+            raise ValueError(msg)
+        values[name] = value
+    widths = [name for name in ("fwhm", "sigma", "alpha") if name in values]
+    if len(widths) != 1:
+        choices = " or ".join(n for n in ("fwhm", "sigma", "alpha") if n in allowed)
+        msg = f"{spec!r} must give exactly one width: {choices}"
+        raise ValueError(msg)
+    if kind == "gaussian":
+        fwhm = values.get("fwhm", values.get("sigma", 0.0) * _GAUSSIAN_SIGMA_TO_FWHM)
+        return CircularGaussianPRF(fwhm=fwhm)
+    beta = values.get("beta", _MOFFAT_DEFAULT_BETA)
+    alpha = values.get("alpha")
+    if alpha is None:
+        alpha = values["fwhm"] / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    return MoffatPSF(alpha=alpha, beta=beta)
+
+
+def _looks_like_spec(text):
+    """``kind:...`` with a word of two or more letters (not a Windows drive) before the colon."""
+    kind, colon, _ = text.partition(":")
+    return bool(colon) and len(kind) > 1 and kind.isalpha()
+
+
+def _psf_argument(text):
+    """argparse type of the PSF options: an analytic model for a spec, else a Path."""
+    if _looks_like_spec(text) and not Path(text).exists():
+        try:
+            return parse_psf_spec(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not text.strip():
+        msg = "expected a FITS file or a spec such as 'gaussian:fwhm=4.5'"
+        raise argparse.ArgumentTypeError(msg)
+    return Path(text)
+
+
+def _read_psf_file(path, option):
+    """A PSF from a FITS file: a PSFIMAGE extension, a 2-D image, or a GriddedPSFModel grid."""
+    from astropy.io import fits
+
+    from .psf import _as_psf
+
+    _require_file(path, option)
+    try:
+        with fits.open(path) as hdus:
+            if "PSFIMAGE" in hdus:
+                data = hdus["PSFIMAGE"].data
+            else:
+                data = next((hdu.data for hdu in hdus
+                             if getattr(hdu, "data", None) is not None
+                             and getattr(hdu, "is_image", False)), None)
+            data = None if data is None else np.array(data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CommandError(f"{option} {path}: cannot read as FITS: {_one_line(exc)}") from exc
+    if data is None:
+        raise CommandError(f"{option} {path}: the file holds no image")
+    if data.ndim == 3:
+        from photutils.psf import GriddedPSFModel
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # format probing emits unrelated warnings
+                model = GriddedPSFModel.read(path)
+        except Exception as exc:  # noqa: BLE001 - any reader failure is reported
+            msg = (f"{option} {path}: a 3-D PSF must be a PSF grid readable by photutils "
+                   f"GriddedPSFModel.read (STDPSF or WebbPSF format): {_one_line(exc)}")
+            raise CommandError(msg) from exc
+        return model
+    try:
+        _as_psf(data, name=f"{option} {path}")
+    except (TypeError, ValueError) as exc:
+        raise CommandError(_one_line(exc)) from exc
+    return data.astype(np.float64)
+
+
+def _resolve_psf(value, option):
+    if isinstance(value, Path):
+        return _read_psf_file(value, option)
+    return value
+
+
+def _describe_psf(model):
+    if isinstance(model, np.ndarray):
+        return f"{model.shape[0]}x{model.shape[1]} image"
+    names = [n for n in ("fwhm", "alpha", "beta") if n in getattr(model, "param_names", ())]
+    params = ", ".join(f"{n}={float(getattr(model, n).value):.4g}" for n in names)
+    return f"{type(model).__name__}({params})"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _require_file(path, option):
+    path = Path(path)
+    if not path.exists():
+        raise CommandError(f"{option}: {path}: no such file")
+    if not path.is_file():
+        raise CommandError(f"{option}: {path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise CommandError(f"{option}: {path}: permission denied")
+
+
+def _check_outputs(paths, overwrite):
+    """Fail before any work when an output exists (without --overwrite) or cannot be made."""
+    seen = set()
+    for option, path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise CommandError(f"{option} {path}: the same file is given as two outputs")
+        seen.add(resolved)
+        if path.is_dir():
+            raise CommandError(f"{option}: {path} is a directory")
+        if path.exists() and not overwrite:
+            raise CommandError(f"{option}: {path} already exists (use --overwrite to replace it)")
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise CommandError(f"{option}: {path}: cannot write in {parent}")
+
+
+class _Staging:
+    """Write every output into a temporary directory, then move them all into place.
+
+    If anything fails before :meth:`commit`, nothing appears at the final paths.
+    """
+
+    def __init__(self, anchor):
+        anchor = Path(anchor).resolve()
+        while not anchor.exists():
+            anchor = anchor.parent
+        self._dir = Path(tempfile.mkdtemp(prefix=".astropsfmatch-", dir=anchor))
+        self._moves = []
+
+    def path(self, final):
+        """Staged path of one output file ``final``."""
+        staged = self._dir / f"{len(self._moves)}-{Path(final).name}"
+        self._moves.append((staged, Path(final)))
+        return staged
+
+    def directory(self, name):
+        """An empty staging directory; register its files with :meth:`add`."""
+        path = self._dir / name
+        path.mkdir()
+        return path
+
+    def add(self, staged, final):
+        self._moves.append((Path(staged), Path(final)))
+
+    def commit(self):
+        for staged, final in self._moves:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(staged, final)
+
+    def cleanup(self):
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _write_ccd(ccd, path):
+    ccd.write(path, format="fits", overwrite=True)
+
+
+def _write_image(data, path, wcs=None, header=None):
+    from astropy.io import fits
+
+    out = fits.Header() if header is None else header.copy()
+    if wcs is not None:
+        out.update(wcs.to_header())
+    fits.PrimaryHDU(np.asarray(data), header=out).writeto(path, overwrite=True)
+
+
+def _write_weights(result, path):
+    """Inverse-variance weights with the WCS, for reproject_and_coadd(input_weights=...)."""
+    from astropy.io import fits
+
+    header = fits.Header()
+    header["EXTNAME"] = ("WEIGHTS", "inverse-variance weights, 0 where masked")
+    unit = result.matched.unit
+    if unit is not None:
+        header["BUNIT"] = ((unit**-2).to_string("fits"), "1 / variance")
+    header["PSFMATCH"] = (True, "weights of a PSF-matched image (astropsfmatch)")
+    _write_image(result.weights, path, wcs=result.matched.wcs, header=header)
+
+
+def _diagnostic_paths(directory):
+    from .diagnostics import DIAGNOSTIC_FILES
+
+    return [directory / name for name in DIAGNOSTIC_FILES.values()]
+
+
+def _require_matplotlib(option):
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CommandError(f"{option} needs matplotlib: pip install matplotlib") from None
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _positive_odd(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 3 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd integer >= 3, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _cell_size(text):
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) < 32:
+        msg = f"must be N or NY,NX with integers >= 32, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _unit(text):
+    import astropy.units as u
+
+    try:
+        return u.Unit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a valid unit: {_one_line(exc)}") from None
+
+
+def _add_logging_options(parser):
+    group = parser.add_argument_group("messages")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="report progress (INFO log messages)")
+    group.add_argument("--debug", action="store_true",
+                       help="DEBUG log messages, and the traceback of any error")
+
+
+def _build_parser():
+    parser = _Parser(
+        prog=_PROG,
+        description=("Spatially varying PSF matching of astronomical images: convolve an image "
+                     "so that its PSF becomes a target PSF everywhere."),
+        epilog="Run 'astropsfmatch COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    match = commands.add_parser(
+        "match", help="match a FITS image to a target PSF",
+        description=("Match SCIENCE (a FITS image, read as CCDData: primary data, UNCERT and "
+                     "MASK extensions if present, WCS, BUNIT) to a target PSF, and write the "
+                     "matched image with its propagated uncertainty and mask, and the target "
+                     "PSF in a PSFIMAGE extension."),
+        epilog=("PSF specs: 'gaussian:fwhm=F' (or sigma=S), 'moffat:fwhm=F,beta=B' (or "
+                "alpha=A; beta defaults to 2.5), in pixels. Options given on the command line "
+                "override those of --config. Example: astropsfmatch match sci.fits "
+                "--target-psf gaussian:fwhm=4.5 -o sci_matched.fits"))
+    match.add_argument("science", type=Path, metavar="SCIENCE.fits", help="image to match")
+    match.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.fits",
+                       help="matched image to write")
+    match.add_argument("-t", "--target-psf", type=_psf_argument, required=True, metavar="PSF",
+                       help=("target PSF: a FITS file (its PSFIMAGE extension, else its first "
+                             "image; odd-sized) or a spec such as gaussian:fwhm=4.5"))
+    match.add_argument("-s", "--source-psf", type=_psf_argument, metavar="PSF",
+                       help=("PSF of SCIENCE if it has no PSFIMAGE extension: a FITS image, "
+                             "a PSF grid readable by photutils GriddedPSFModel.read (STDPSF, "
+                             "WebbPSF), or a spec"))
+    match.add_argument("--unit", type=_unit, metavar="UNIT",
+                       help=("unit of SCIENCE when its header has no BUNIT (default: BUNIT, "
+                             "else adu); overrides BUNIT when given"))
+    solve = match.add_argument_group("kernel options (MatchConfig fields)")
+    solve.add_argument("--kernel-size", type=_positive_odd, metavar="N",
+                       help="kernel side in pixels, odd (default 21)")
+    solve.add_argument("--spatial-order", type=_non_negative_int, metavar="N",
+                       help="polynomial order of the kernel variation (default 2)")
+    solve.add_argument("--cell-size", type=_cell_size, metavar="N|NY,NX",
+                       help="cell size in pixels, each >= 32 (default 128)")
+    solve.add_argument("--kernel-sum", type=_positive_float, default=1.0, metavar="X",
+                       help="sum of the kernel (default 1; the convolution is normalized by it)")
+    solve.add_argument("--config", type=Path, metavar="FILE",
+                       help="MatchConfig fields as TOML (.toml) or JSON (.json)")
+    out = match.add_argument_group("more output")
+    out.add_argument("--weights", type=Path, metavar="WEIGHTS.fits",
+                     help="write the inverse-variance weights (needs an uncertainty)")
+    out.add_argument("--save-kernel", type=Path, metavar="KERNEL.fits",
+                     help="write the spatially varying kernel (SpatialKernel.read reads it)")
+    out.add_argument("--diagnostics", type=Path, metavar="DIR",
+                     help="write the diagnostic figures (PNG) into DIR (needs matplotlib)")
+    out.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_logging_options(match)
+    match.set_defaults(handler=_run_match, subparser=match)
+
+    demo = commands.add_parser(
+        "demo", help="run the demonstration on synthetic data",
+        description=("Make a synthetic exposure (stars, noise, variance, bad pixels, a PSF "
+                     "varying across the field as a photutils GriddedPSFModel, a TAN WCS), "
+                     "match it to a Gaussian slightly broader than its broadest PSF, write "
+                     "the input, matched image, weights, kernel and diagnostic figures, and "
+                     "print star FWHMs before and after."))
+    demo.add_argument("-o", "--output", type=Path, default=Path("astropsfmatch-demo"),
+                      metavar="DIR", help="output directory (default ./astropsfmatch-demo)")
+    demo.add_argument("--size", type=_demo_size, default=1024, metavar="N",
+                      help="image side in pixels, >= 128 (default 1024)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                      help="random seed (default 0)")
+    demo.add_argument("--no-figures", action="store_true",
+                      help="skip the diagnostic figures")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_logging_options(demo)
+    demo.set_defaults(handler=_run_demo, subparser=demo)
+    return parser
+
+
+def _demo_size(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 128:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 128, got {text!r}")
+    return value
+
+
+def _read_config(path):
+    """MatchConfig from a TOML or JSON file (exit code 1 on any problem)."""
+    from .config import MatchConfig
+
+    _require_file(path, "--config")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise CommandError(f"--config {path}: the file name must end with .toml or .json")
+    try:
+        if suffix == ".toml":
+            with open(path, "rb") as handle:
+                options = tomllib.load(handle)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                options = json.load(handle)
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise CommandError(f"--config {path}: {_one_line(exc)}") from exc
+    try:
+        return MatchConfig.from_dict(options)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"--config {path}: {_one_line(exc)}") from exc
+
+
+def _match_config(args, parser):
+    from .config import MatchConfig
+
+    config = _read_config(args.config) if args.config is not None else MatchConfig()
+    changes = {name: getattr(args, name) for name in ("kernel_size", "spatial_order", "cell_size")
+               if getattr(args, name) is not None}
+    try:
+        return config.replace(**changes)
+    except (TypeError, ValueError) as exc:
+        parser.error(_one_line(exc))
+
+
+# --------------------------------------------------------------------------- match
+
+
+def _read_science(path, unit):
+    from astropy.nddata import CCDData
+
+    _require_file(path, "SCIENCE")
+    try:
+        try:
+            ccd = CCDData.read(path, unit=unit)
+        except ValueError as exc:
+            if unit is not None or "unit" not in str(exc).lower() or "must" not in str(exc):
+                raise
+            log.info(f"{path} has no BUNIT: reading it in adu (use --unit to choose)")
+            ccd = CCDData.read(path, unit="adu")
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise CommandError(f"cannot read {path} as a FITS image: {_one_line(exc)}") from exc
+    if ccd.data is None or ccd.data.ndim != 2:
+        shape = None if ccd.data is None else ccd.data.shape
+        raise CommandError(f"{path}: the image must be 2-D, got shape {shape}")
+    return ccd
+
+
+def _run_match(args, parser):
+    from .matcher import ModelPsfMatcher
+    from .solve import KernelSolutionError
+
+    start = time.perf_counter()
+    config = _match_config(args, parser)
+    outputs = [("--output", args.output)]
+    if args.weights is not None:
+        outputs.append(("--weights", args.weights))
+    if args.save_kernel is not None:
+        outputs.append(("--save-kernel", args.save_kernel))
+    if args.diagnostics is not None:
+        _require_matplotlib("--diagnostics")
+        outputs += [("--diagnostics", p) for p in _diagnostic_paths(args.diagnostics)]
+    _check_outputs(outputs, args.overwrite)
+    if args.science.resolve() in {p.resolve() for _, p in outputs}:
+        raise CommandError(f"--output: {args.output} is the input file")
+
+    target = _resolve_psf(args.target_psf, "--target-psf")
+    ccd = _read_science(args.science, args.unit)
+    if args.source_psf is not None:
+        source = _resolve_psf(args.source_psf, "--source-psf")
+    elif ccd.psf is not None:
+        source = np.asarray(ccd.psf, dtype=np.float64)
+        log.info(f"source PSF: the PSFIMAGE extension of {args.science}")
+    else:
+        raise CommandError(f"{args.science} has no PSF (no PSFIMAGE extension): "
+                           "give its PSF with --source-psf")
+    if args.weights is not None and ccd.uncertainty is None:
+        raise CommandError(f"--weights: {args.science} has no uncertainty (UNCERT extension) "
+                           "to weight by")
+    log.info(f"matching {args.science} ({ccd.shape[1]}x{ccd.shape[0]}, {ccd.unit}) from "
+             f"{_describe_psf(source)} to {_describe_psf(target)}")
+
+    try:
+        result = ModelPsfMatcher(config).match(ccd, target, source_psf=source,
+                                               kernel_sum=args.kernel_sum)
+    except (ValueError, TypeError, KernelSolutionError) as exc:
+        raise CommandError(f"cannot match {args.science}: {_one_line(exc)}") from exc
+
+    staging = _Staging(args.output.parent)
+    try:
+        _write_ccd(result.matched, staging.path(args.output))
+        if args.weights is not None:
+            _write_weights(result, staging.path(args.weights))
+        if args.save_kernel is not None:
+            result.kernel.write(staging.path(args.save_kernel))
+        if args.diagnostics is not None:
+            from .diagnostics import save_diagnostics
+
+            for path in save_diagnostics(result, staging.directory("figures"), image=ccd):
+                staging.add(path, args.diagnostics / path.name)
+        staging.commit()
+    except OSError as exc:
+        raise CommandError(f"cannot write the output: {_one_line(exc)}") from exc
+    finally:
+        staging.cleanup()
+
+    meta = result.metadata
+    print(f"{args.science} -> {args.output}: kernel {result.kernel.kernel_size}x"
+          f"{result.kernel.kernel_size} ({meta['basis']['n_basis']} basis functions, spatial "
+          f"order {meta['spatial']['order']}), {meta['candidates']['used']} of "
+          f"{meta['candidates']['total']} cells used, condition number "
+          f"{meta['spatial']['condition_number']:.3g}, max residual "
+          f"{100 * meta['spatial_residuals']['max']:.3g}% of peak, "
+          f"{time.perf_counter() - start:.1f} s")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _run_demo(args, parser):
+    from .config import MatchConfig
+    from .demo import demo_cell_size, make_demo_data, measure_fwhm
+    from .matcher import ModelPsfMatcher
+    from .psf import _as_psf
+
+    figures = not args.no_figures
+    if figures:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            figures = False
+            print("matplotlib is not installed: skipping the diagnostic figures "
+                  "(pip install matplotlib)")
+    folder = args.output
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"--output: {folder} exists and is not a directory")
+    names = {"science": "science.fits", "matched": "matched.fits", "weights": "weights.fits",
+             "kernel": "kernel.fits"}
+    files = {key: folder / name for key, name in names.items()}
+    outputs = [("--output", p) for p in files.values()]
+    if figures:
+        outputs += [("--output", p) for p in _diagnostic_paths(folder)]
+    _check_outputs(outputs, args.overwrite)
+
+    times = {}
+    t0 = time.perf_counter()
+    demo = make_demo_data(size=args.size, seed=args.seed)
+    times["synthetic data"] = time.perf_counter() - t0
+    cell = demo_cell_size(args.size)
+    config = MatchConfig(cell_size=cell)
+    t0 = time.perf_counter()
+    result = ModelPsfMatcher(config).match(demo.ccd, demo.target_psf, source_psf=demo.psf_model)
+    times["match"] = time.perf_counter() - t0
+    stages = result.metadata["timings"]
+
+    t0 = time.perf_counter()
+    x, y = demo.probes
+    target_fwhm = float(demo.target_psf.fwhm.value)
+    model_fwhm = _as_psf(demo.psf_model).fwhm(x, y)
+    before = measure_fwhm(demo.ccd.data, x, y, mask=demo.ccd.mask, fwhm=float(model_fwhm.mean()))
+    after = measure_fwhm(result.matched.data, x, y, mask=result.matched.mask, fwhm=target_fwhm)
+    times["FWHM fits"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    staging = _Staging(folder)
+    try:
+        _write_ccd(demo.ccd, staging.path(files["science"]))
+        _write_ccd(result.matched, staging.path(files["matched"]))
+        _write_weights(result, staging.path(files["weights"]))
+        result.kernel.write(staging.path(files["kernel"]))
+        times["write FITS"] = time.perf_counter() - t0
+        if figures:
+            from .diagnostics import save_diagnostics
+
+            t0 = time.perf_counter()
+            for path in save_diagnostics(result, staging.directory("figures"), image=demo.ccd):
+                staging.add(path, folder / path.name)
+            times["figures"] = time.perf_counter() - t0
+        staging.commit()
+    except OSError as exc:
+        raise CommandError(f"cannot write the demo output: {_one_line(exc)}") from exc
+    finally:
+        staging.cleanup()
+
+    meta = result.metadata
+    lines = [
+        f"astropsfmatch {__version__} demo: {args.size}x{args.size} synthetic exposure, "
+        f"{len(demo.stars)} stars, seed {args.seed}",
+        f"  source PSF: GriddedPSFModel (3x3 elliptical Gaussians), FWHM "
+        f"{model_fwhm.min():.2f}-{model_fwhm.max():.2f} px at the probe stars",
+        f"  target PSF: CircularGaussianPRF FWHM {target_fwhm:.2f} px",
+        f"  kernel: {result.kernel.kernel_size}x{result.kernel.kernel_size}, "
+        f"{meta['basis']['n_basis']} {meta['basis']['kind']} basis functions, "
+        f"{meta['spatial']['model']} order {meta['spatial']['order']}, "
+        f"{meta['grid']['n_cells'][0]}x{meta['grid']['n_cells'][1]} cells of {cell} px",
+        "",
+        "  star FWHM (px, circular Gaussian fit)",
+        "       x       y   before   after",
+    ]
+    for xk, yk, b, a in zip(x, y, before, after, strict=True):
+        lines.append(f"  {xk:6.0f}  {yk:6.0f}   {b:6.2f}  {a:6.2f}")
+    finite = np.isfinite(after)
+    if finite.any():
+        lines.append(f"  after: {np.mean(after[finite]):.2f} ± {np.std(after[finite]):.2f} px "
+                     f"(target {target_fwhm:.2f}); before: {np.nanmin(before):.2f}-"
+                     f"{np.nanmax(before):.2f} px")
+    lines += [
+        "",
+        f"  kernel sum {result.kernel.kernel_sum:.6f}, spatial condition number "
+        f"{meta['spatial']['condition_number']:.3g}, max model residual "
+        f"{100 * meta['spatial_residuals']['max']:.3g}% of peak, "
+        f"{meta['candidates']['used']}/{meta['candidates']['total']} candidates used",
+        "  time (s): " + ", ".join(
+            [f"{name} {value:.2f}" for name, value in times.items() if name != "match"]
+            + [f"match {times['match']:.2f} (PSF stamps {stages['psf_realization']:.2f}, "
+               f"kernel solution {stages['kernel_solution']:.2f}, "
+               f"convolution {stages['convolution']:.2f})"]),
+        f"  wrote {len(outputs)} files to {folder}/: " + ", ".join(
+            p.name for _, p in outputs),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def _messages(level):
+    """Set the package log level and show warnings as one line each on stderr."""
+    previous = log.level
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{_PROG}: warning: {_one_line(message)} ({category.__name__})", file=sys.stderr)
+
+    log.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = show
+            yield
+    finally:
+        log.setLevel(previous)
+
+
+def main(argv=None):
+    """Run the ``astropsfmatch`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 on a runtime error, 2 on a command-line error.
+    """
+    parser = _build_parser()
+    args = None
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and --version
+            return int(exc.code or 0)
+        if args.command is None:
+            parser.error("choose a command: match or demo")
+        level = "DEBUG" if args.debug else "INFO" if args.verbose else "WARNING"
+        with _messages(level):
+            return args.handler(args, args.subparser)
+    except CommandError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"{_PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        print(f"{_PROG}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a command never ends with a traceback
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+            hint = ""
+        else:
+            hint = " (rerun with --debug for the traceback)"
+        print(f"{_PROG}: error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return 1

@@ -1,0 +1,626 @@
+"""Diagnostic figures of a PSF match: what the reference task's debug displays show.
+
+Each ``plot_*`` function returns a `matplotlib.figure.Figure` built without
+`matplotlib.pyplot`, so no GUI backend (no display) is ever needed; save it
+with ``figure.savefig('file.png')``, or show it in a notebook. Pass
+``figure=`` to draw into a figure of your own (e.g. one from
+``pyplot.figure()``). matplotlib is imported only when a figure is made:
+the rest of the package works without it.
+
+============================  =====================================================
+reference debug display       here
+============================  =====================================================
+``displayCandidates``         `plot_candidates`: source, target, model, residual
+``showBadCandidates``         ... with rejected candidates marked in red
+``displayKernelBasis``        `plot_basis`: the basis images
+``displayKernelMosaic``       `plot_kernel_mosaic`: the kernel across the field
+``plotKernelSpatialModel``    `plot_spatial_coefficients`: coefficient maps
+``displaySpatialCells``       `plot_cells`: the cells and candidates on the image
+============================  =====================================================
+
+`save_diagnostics` writes all of them as PNG files.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DIAGNOSTIC_FILES", "plot_basis", "plot_candidates", "plot_cells",
+           "plot_kernel_mosaic", "plot_spatial_coefficients", "save_diagnostics",
+           "select_candidates"]
+
+#: File name written by `save_diagnostics` for each figure, in writing order.
+DIAGNOSTIC_FILES = {
+    "cells": "cells.png",
+    "candidates": "candidates.png",
+    "basis": "basis.png",
+    "kernel_mosaic": "kernel_mosaic.png",
+    "spatial_coefficients": "spatial_coefficients.png",
+}
+
+_GOOD_COLOUR = "tab:green"
+_BAD_COLOUR = "tab:red"
+_MASK_COLOUR = (1.0, 0.55, 0.0)
+
+
+def _new_figure(figure, figsize):
+    """A Figure to draw into: the given one, or a new one with no pyplot involved."""
+    if figure is not None:
+        return figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        msg = "the diagnostic figures need matplotlib: pip install matplotlib"
+        raise ImportError(msg) from exc
+    return Figure(figsize=figsize)
+
+
+def _kernel_of(result):
+    """The SpatialKernel of a MatchResult, or the argument itself if it is one."""
+    from .kernel import SpatialKernel
+
+    if isinstance(result, SpatialKernel):
+        return result
+    kernel = getattr(result, "kernel", None)
+    if isinstance(kernel, SpatialKernel):
+        return kernel
+    msg = f"result must be a MatchResult or a SpatialKernel, got {type(result).__name__}"
+    raise TypeError(msg)
+
+
+def _image_shape(result, shape):
+    """Image shape from ``shape=`` or the result's cell grid."""
+    if shape is None:
+        grid = getattr(result, "grid", None)
+        if grid is None:
+            msg = "shape=(ny, nx) is required when plotting a SpatialKernel without a MatchResult"
+            raise ValueError(msg)
+        return tuple(grid.shape)
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    if len(shape) != 2 or min(shape) < 1:
+        msg = f"shape must be a pair of positive integers (ny, nx), got {shape}"
+        raise ValueError(msg)
+    return shape
+
+
+def _check_count(name, value, minimum=1):
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        msg = f"{name} must be an integer >= {minimum}, got {value!r}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def _spread(n, k):
+    """Up to ``k`` indices spread evenly over ``range(n)``, ends included."""
+    return np.unique(np.round(np.linspace(0, n - 1, min(n, k))).astype(int))
+
+
+def _bare(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _frame(ax, colour, width=2.0):
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(width)
+
+
+def select_candidates(result, *, max_per_side=5, show_rejected=True):
+    """A representative subset of candidates, spread across the cell grid.
+
+    With many cells, `plot_candidates` shows the candidates of up to
+    ``max_per_side`` cell rows and columns, spread evenly over the grid and
+    including its corners (5 x 5 = 25 cells by default).
+
+    Parameters
+    ----------
+    result : MatchResult
+        A match result.
+    max_per_side : int, optional
+        Most cell rows (and columns) to take.
+    show_rejected : bool, optional
+        Keep rejected candidates in the subset.
+
+    Returns
+    -------
+    rows, cols : ndarray of int
+        The cell rows and columns taken.
+    candidates : dict
+        ``{(iy, ix): Candidate}`` for the cells of those rows and columns.
+    """
+    max_per_side = _check_count("max_per_side", max_per_side)
+    ny, nx = result.grid.n_cells
+    rows, cols = _spread(ny, max_per_side), _spread(nx, max_per_side)
+    wanted = {(int(r), int(c)) for r in rows for c in cols}
+    chosen = {tuple(c.index): c for c in result.candidates
+              if tuple(c.index) in wanted and (show_rejected or not c.rejected)}
+    return rows, cols, chosen
+
+
+def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
+    """The kernel candidates: source and target stamps, fitted model, residual.
+
+    Each shown cell gets a 2 x 2 block of panels: the source PSF stamp and
+    the target stamp (top), the source convolved with that candidate's own
+    kernel, i.e. the model of the target (bottom left), and the residual
+    model - target (bottom right). Blocks are laid out like the cells on the
+    image (y up). Model and residual exist only where the convolution is
+    complete (the stamp shrunk by the kernel half-width, outlined dashed on
+    the stamps). Stamps use one square-root stretch; residuals one symmetric
+    scale for all blocks, in units of the target peak. Frames are green for
+    candidates used in the spatial fit and red for rejected ones.
+
+    With many cells only a representative subset is drawn: the cells of up
+    to ``max_per_side`` rows and columns spread over the grid (see
+    `select_candidates`).
+
+    Parameters
+    ----------
+    result : MatchResult
+        A match result.
+    max_per_side : int, optional
+        Most cell rows and columns shown (default 5: at most 25 cells).
+    show_rejected : bool, optional
+        Also show rejected candidates (the reference's ``showBadCandidates``).
+    figure : `~matplotlib.figure.Figure`, optional
+        Figure to draw into; default a new one.
+
+    Returns
+    -------
+    figure : `~matplotlib.figure.Figure`
+        With four axes per shown candidate.
+    """
+    from matplotlib.colors import PowerNorm
+    from matplotlib.patches import Rectangle
+
+    rows, cols, chosen = select_candidates(result, max_per_side=max_per_side,
+                                           show_rejected=show_rejected)
+    nrow, ncol = len(rows), len(cols)
+    fig = _new_figure(figure, (2.3 * ncol + 0.6, 2.3 * nrow + 1.0))
+    if not chosen:
+        fig.suptitle("no candidates to show")
+        return fig
+    fitted = [c for c in chosen.values() if c.fit is not None]
+    peak = max(float(np.max(c.target)) for c in chosen.values())
+    norm = PowerNorm(0.5, vmin=0.0, vmax=peak)
+    res_max = max([float(np.max(np.abs(c.fit.residual))) for c in fitted] or [1e-3])
+    res_max = max(res_max, 1e-6)
+
+    outer = fig.add_gridspec(nrow, ncol, left=0.02, right=0.98, bottom=0.02,
+                             top=1.0 - 0.9 / (2.3 * nrow + 1.0), wspace=0.12, hspace=0.22)
+    for r, iy in enumerate(rows):
+        for c, ix in enumerate(cols):
+            cand = chosen.get((int(iy), int(ix)))
+            if cand is None:
+                continue
+            inner = outer[nrow - 1 - r, c].subgridspec(2, 2, wspace=0.04, hspace=0.04)
+            size = cand.source.shape[0]
+            colour = _BAD_COLOUR if cand.rejected else _GOOD_COLOUR
+            panels = [("S", cand.source), ("T", cand.target)]
+            if cand.fit is not None:
+                panels += [("M", cand.fit.model), ("R", cand.fit.residual)]
+            else:
+                panels += [("M", None), ("R", None)]
+            for k, (label, image) in enumerate(panels):
+                ax = fig.add_subplot(inner[k // 2, k % 2])
+                _bare(ax)
+                _frame(ax, colour)
+                ax.set_xlim(-0.5, size - 0.5)
+                ax.set_ylim(-0.5, size - 0.5)
+                ax.set_aspect("equal")
+                if image is not None:
+                    valid = image.shape[0]
+                    lo = (size - valid) / 2.0 - 0.5
+                    extent = (lo, lo + valid, lo, lo + valid)
+                    if label == "R":
+                        ax.imshow(image, origin="lower", cmap="RdBu_r", vmin=-res_max,
+                                  vmax=res_max, extent=extent, interpolation="nearest")
+                    else:
+                        ax.imshow(image, origin="lower", cmap="viridis", norm=norm,
+                                  extent=extent, interpolation="nearest")
+                    if label in "ST" and cand.fit is not None:
+                        valid = cand.fit.model.shape[0]
+                        lo = (size - valid) / 2.0 - 0.5
+                        ax.add_patch(Rectangle((lo, lo), valid, valid, fill=False, lw=0.6,
+                                               ls="--", ec="white"))
+                ax.text(0.04, 0.96, label, transform=ax.transAxes, va="top", ha="left",
+                        fontsize=7, color="black",
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 1.0})
+                if label == "R" and cand.fit is not None:
+                    ax.text(0.96, 0.04, f"{100 * cand.fit.residual_max:.2g}%",
+                            transform=ax.transAxes, va="bottom", ha="right", fontsize=6)
+                if k == 0:
+                    status = " rejected" if cand.rejected else ""
+                    ax.set_title(f"({cand.x:.0f}, {cand.y:.0f}){status}", fontsize=7,
+                                 loc="left", color=colour, pad=2)
+    n_bad = sum(c.rejected for c in result.candidates)
+    fig.suptitle(
+        f"Kernel candidates: {len(chosen)} of {len(result.candidates)} cells shown, "
+        f"{n_bad} rejected (red)\n"
+        f"S source, T target, M source ⊛ own kernel, R = M - T "
+        f"(scale ±{100 * res_max:.2g}% of the target peak)", fontsize=9)
+    return fig
+
+
+def _basis_labels(result, n_basis):
+    """Labels of the basis images: Gaussian width and polynomial powers for Alard-Lupton."""
+    labels = [f"B{i}" for i in range(n_basis)]
+    meta = getattr(result, "metadata", None) or {}
+    basis = meta.get("basis", {})
+    if basis.get("kind") == "alard-lupton":
+        k = 0
+        # the order of astropsfmatch.basis: per sigma, x power outer, y power inner
+        for sigma, degree in zip(basis["sigmas"], basis["degrees"], strict=True):
+            for a in range(degree + 1):
+                for b in range(degree + 1 - a):
+                    if k < n_basis:
+                        labels[k] = f"B{k} σ={sigma:g} u{a}v{b}"
+                    k += 1
+    return labels
+
+
+def plot_basis(result, *, max_functions=100, figure=None):
+    """The kernel basis images.
+
+    Each image has its own symmetric colour scale (red positive, blue
+    negative). ``B0`` sums to one and carries the kernel sum; every other
+    image sums to zero. For the Alard-Lupton basis the labels give the
+    Gaussian width and the powers of the polynomial ``u^a v^b``.
+
+    Parameters
+    ----------
+    result : MatchResult or SpatialKernel
+        A match result, or a kernel.
+    max_functions : int, optional
+        Most basis images shown (the first ones); a delta-function basis has
+        one image per kernel pixel.
+    figure : `~matplotlib.figure.Figure`, optional
+        Figure to draw into; default a new one.
+
+    Returns
+    -------
+    figure : `~matplotlib.figure.Figure`
+        With one axes per shown basis image.
+    """
+    kernel = _kernel_of(result)
+    max_functions = _check_count("max_functions", max_functions)
+    images = kernel.basis[:max_functions]
+    n = images.shape[0]
+    ncol = math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    fig = _new_figure(figure, (1.5 * ncol + 0.4, 1.6 * nrow + 0.7))
+    labels = _basis_labels(result, kernel.n_basis)
+    grid = fig.add_gridspec(nrow, ncol, left=0.02, right=0.98, bottom=0.02,
+                            top=1.0 - 0.6 / (1.6 * nrow + 0.7), wspace=0.08, hspace=0.3)
+    for i in range(n):
+        ax = fig.add_subplot(grid[i // ncol, i % ncol])
+        _bare(ax)
+        vmax = float(np.max(np.abs(images[i]))) or 1.0
+        ax.imshow(images[i], origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                  interpolation="nearest")
+        ax.set_title(labels[i], fontsize=6, pad=2)
+    shown = f"first {n} of {kernel.n_basis}" if n < kernel.n_basis else f"{n}"
+    fig.suptitle(f"Kernel basis: {shown} images of {kernel.kernel_size}x{kernel.kernel_size} "
+                 "(B0 sums to 1, the others to 0)", fontsize=9)
+    return fig
+
+
+def _positions(shape, n):
+    """``n`` x and y positions spread over an image, edges included."""
+    ny, nx = shape
+    return np.linspace(0.0, nx - 1.0, n), np.linspace(0.0, ny - 1.0, n)
+
+
+def plot_kernel_mosaic(result, *, shape=None, n=5, difference=False, figure=None):
+    """The kernel realized on an ``n`` x ``n`` grid of positions across the image.
+
+    Kernels are drawn where they sit on the image (y up), all on one
+    symmetric colour scale, so that negative pixels (blue) stand out. With
+    ``difference=True`` each panel shows ``K(x, y) - K(centre)``: the
+    spatial variation alone.
+
+    Parameters
+    ----------
+    result : MatchResult or SpatialKernel
+        A match result, or a kernel (then ``shape`` is required).
+    shape : tuple of int, optional
+        Image shape ``(ny, nx)``; default the result's.
+    n : int, optional
+        Kernels per side; positions spread evenly from edge to edge.
+    difference : bool, optional
+        Show differences from the kernel at the image centre.
+    figure : `~matplotlib.figure.Figure`, optional
+        Figure to draw into; default a new one.
+
+    Returns
+    -------
+    figure : `~matplotlib.figure.Figure`
+        With ``n * n`` kernel axes and one colour bar axes.
+    """
+    kernel = _kernel_of(result)
+    shape = _image_shape(result, shape)
+    n = _check_count("n", n)
+    xs, ys = _positions(shape, n)
+    images = np.array([[kernel.evaluate(x, y) for x in xs] for y in ys])
+    if difference:
+        images = images - kernel.evaluate((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+    vmax = float(np.max(np.abs(images))) or 1.0
+    fig = _new_figure(figure, (1.6 * n + 1.2, 1.6 * n + 0.8))
+    grid = fig.add_gridspec(n, n, left=0.03, right=0.86, bottom=0.03,
+                            top=1.0 - 0.7 / (1.6 * n + 0.8), wspace=0.06, hspace=0.22)
+    axes = []
+    for r in range(n):
+        for c in range(n):
+            ax = fig.add_subplot(grid[n - 1 - r, c])
+            _bare(ax)
+            im = ax.imshow(images[r, c], origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                           interpolation="nearest")
+            ax.set_title(f"x={xs[c]:.0f} y={ys[r]:.0f}", fontsize=6, pad=2)
+            axes.append(ax)
+    cax = fig.add_axes((0.89, 0.1, 0.025, 0.75))
+    fig.colorbar(im, cax=cax)
+    what = "K(x, y) - K(centre)" if difference else "K(x, y)"
+    fig.suptitle(f"Kernel mosaic: {what}, {kernel.kernel_size}x{kernel.kernel_size}, "
+                 f"sum {kernel.kernel_sum:.4g}", fontsize=9)
+    return fig
+
+
+def _varying_functions(kernel, maps, max_functions):
+    """Indices (ascending) of the basis images whose coefficients vary most over the image."""
+    first = 1 if kernel.n_basis > 1 else 0
+    candidates = np.arange(first, kernel.n_basis)
+    spread = np.ptp(maps[candidates].reshape(len(candidates), -1), axis=1)
+    varying = candidates[spread > 1e-9 * max(float(spread.max(initial=0.0)), 1e-300)]
+    if varying.size == 0:
+        return [int(i) for i in candidates[:max_functions]] or [0]
+    order = varying[np.argsort(-spread[varying - first], kind="stable")][:max_functions]
+    return sorted(int(i) for i in order)
+
+
+def plot_spatial_coefficients(result, *, shape=None, functions=None, max_functions=12,
+                              resolution=64, figure=None):
+    """Maps of the spatial coefficient of basis images across the field.
+
+    Each panel is the coefficient of one basis image as a function of
+    position (the spatial model), over the image and the box the spatial
+    fit was normalized on; the image outline is drawn in black. With a match
+    result, each candidate's own per-cell coefficient is overplotted as a
+    dot on the same colour scale (red crosses: rejected candidates): a dot
+    whose colour differs from the map beneath it marks a cell the spatial
+    model does not follow. The coefficient of ``B0`` is the kernel sum,
+    constant by construction, and is not shown.
+
+    By default the maps shown are those of the (at most ``max_functions``)
+    basis images whose coefficients vary most over the image, in basis
+    order: coefficients that are the same everywhere (for example those of
+    odd basis images when every PSF is symmetric) say nothing about the
+    spatial variation.
+
+    Parameters
+    ----------
+    result : MatchResult or SpatialKernel
+        A match result, or a kernel (then ``shape`` is required).
+    shape : tuple of int, optional
+        Image shape ``(ny, nx)``; default the result's.
+    functions : sequence of int, optional
+        Basis images whose coefficients to map (instead of the most varying).
+    max_functions : int, optional
+        Most maps shown when ``functions`` is not given.
+    resolution : int, optional
+        Map samples per axis.
+    figure : `~matplotlib.figure.Figure`, optional
+        Figure to draw into; default a new one.
+
+    Returns
+    -------
+    figure : `~matplotlib.figure.Figure`
+        With one map axes and one colour bar axes per shown basis image.
+    """
+    from matplotlib.patches import Rectangle
+
+    kernel = _kernel_of(result)
+    shape = _image_shape(result, shape)
+    max_functions = _check_count("max_functions", max_functions)
+    resolution = _check_count("resolution", resolution, 2)
+    ny, nx = shape
+    xmin, xmax, ymin, ymax = kernel.bbox
+    x0, x1 = min(xmin, -0.5), max(xmax, nx - 0.5)
+    y0, y1 = min(ymin, -0.5), max(ymax, ny - 0.5)
+    xs, ys = np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    maps = kernel.coefficients_at(xx, yy)
+    if functions is None:
+        inside = kernel.coefficients_at(*np.meshgrid(np.linspace(0, nx - 1, resolution),
+                                                     np.linspace(0, ny - 1, resolution)))
+        indices = _varying_functions(kernel, inside, max_functions)
+    else:
+        indices = [int(i) for i in np.atleast_1d(functions)]
+        if not indices or min(indices) < 0 or max(indices) >= kernel.n_basis:
+            msg = (f"functions must be indices of basis images in [0, {kernel.n_basis - 1}], "
+                   f"got {functions!r}")
+            raise ValueError(msg)
+    candidates = [c for c in getattr(result, "candidates", []) if c.fit is not None
+                  and len(c.fit.coefficients) == kernel.n_basis]
+
+    n = len(indices)
+    ncol = math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    fig = _new_figure(figure, (2.9 * ncol + 0.3, 2.5 * nrow + 0.7))
+    grid = fig.add_gridspec(nrow, ncol, left=0.05, right=0.96, bottom=0.04,
+                            top=1.0 - 0.7 / (2.5 * nrow + 0.7), wspace=0.4, hspace=0.3)
+    for k, i in enumerate(indices):
+        ax = fig.add_subplot(grid[k // ncol, k % ncol])
+        values = maps[i]
+        points = np.array([c.fit.coefficients[i] for c in candidates], dtype=float)
+        everything = np.concatenate([values.ravel(), points])
+        lo, hi = float(everything.min()), float(everything.max())
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+            lo, hi = lo - 0.5, hi + 0.5
+        im = ax.imshow(values, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis",
+                       vmin=lo, vmax=hi, aspect="equal")
+        ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.0))
+        if candidates:
+            rejected = np.array([c.rejected for c in candidates])
+            cx = np.array([c.x for c in candidates])
+            cy = np.array([c.y for c in candidates])
+            ax.scatter(cx[~rejected], cy[~rejected], c=points[~rejected], cmap="viridis",
+                       vmin=lo, vmax=hi, s=18, edgecolors="white", linewidths=0.5)
+            if rejected.any():
+                ax.scatter(cx[rejected], cy[rejected], c=_BAD_COLOUR, marker="x", s=18,
+                           linewidths=1.0)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"coefficient of B{i}", fontsize=8, pad=2)
+        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        cbar.ax.tick_params(labelsize=6)
+    which = "chosen" if functions is not None else "most varying"
+    fig.suptitle(f"Spatial model ({kernel.spatial_model}, order {kernel.spatial_order}): "
+                 f"coefficients of the {n} {which} of {kernel.n_basis} basis images; "
+                 "dots: per-cell fits", fontsize=9)
+    return fig
+
+
+def _display_limits(data):
+    """zscale limits of the finite pixels (or their range)."""
+    from astropy.visualization import ZScaleInterval
+
+    finite = np.asarray(data, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = ZScaleInterval().get_limits(finite)
+    if not hi > lo:
+        lo, hi = float(finite.min()), float(finite.max()) + 1.0
+    return float(lo), float(hi)
+
+
+def plot_cells(result, image=None, *, show_mask=True, figure=None):
+    """The cells and their candidates drawn over the image.
+
+    The image is shown on a zscale stretch with masked pixels (and NaN
+    pixels, such as the unmatched edge of a matched image) in orange. Cell
+    boundaries are white lines; the image outline is black. Candidates used
+    in the spatial fit are green circles, rejected ones red crosses.
+
+    Parameters
+    ----------
+    result : MatchResult
+        A match result.
+    image : 2-D array or `~astropy.nddata.NDData`, optional
+        Image to draw, usually the input; default ``result.matched``. An
+        NDData's mask is shown too.
+    show_mask : bool, optional
+        Overlay masked and non-finite pixels.
+    figure : `~matplotlib.figure.Figure`, optional
+        Figure to draw into; default a new one.
+
+    Returns
+    -------
+    figure : `~matplotlib.figure.Figure`
+        With one axes.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
+
+    grid = result.grid
+    if image is None:
+        image = result.matched
+    mask = getattr(image, "mask", None)
+    data = np.asarray(getattr(image, "data", image), dtype=float)
+    if data.shape != tuple(grid.shape):
+        msg = f"image must have the shape of the matched image {grid.shape}, got {data.shape}"
+        raise ValueError(msg)
+    ny, nx = data.shape
+    fig = _new_figure(figure, (7.5, 7.5 * ny / nx + 0.6))
+    ax = fig.add_axes((0.08, 0.07, 0.88, 0.84))
+    lo, hi = _display_limits(data)
+    ax.imshow(data, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    if show_mask:
+        bad = ~np.isfinite(data)
+        if mask is not None:
+            bad |= np.asarray(mask, dtype=bool)
+        if bad.any():
+            ax.imshow(np.ma.masked_where(~bad, bad.astype(float)), origin="lower",
+                      cmap=ListedColormap([_MASK_COLOUR]), alpha=0.7, vmin=0, vmax=1,
+                      interpolation="nearest")
+    n_y, n_x = grid.n_cells
+    for iy in range(n_y):
+        for ix in range(n_x):
+            cx0, cx1, cy0, cy1 = grid.cell_bounds(iy, ix)
+            ax.add_patch(Rectangle((cx0 - 0.5, cy0 - 0.5), cx1 - cx0, cy1 - cy0, fill=False,
+                                   ec="white", lw=0.6, alpha=0.8))
+    ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.5))
+    good = [c for c in result.candidates if not c.rejected]
+    bad_c = [c for c in result.candidates if c.rejected]
+    ax.scatter([c.x for c in good], [c.y for c in good], marker="o", s=30, facecolors="none",
+               edgecolors=_GOOD_COLOUR, linewidths=1.2, label=f"used ({len(good)})")
+    ax.scatter([c.x for c in bad_c], [c.y for c in bad_c], marker="x", s=40,
+               c=_BAD_COLOUR, linewidths=1.5, label=f"rejected ({len(bad_c)})")
+    bx0, bx1, by0, by1 = grid.bbox
+    ax.set_xlim(min(bx0, 0) - 0.5 - 0.02 * nx, max(bx1, nx - 1) + 0.5 + 0.02 * nx)
+    ax.set_ylim(min(by0, 0) - 0.5 - 0.02 * ny, max(by1, ny - 1) + 0.5 + 0.02 * ny)
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+    ax.tick_params(labelsize=7)
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    cy_, cx_ = grid.cell_size
+    ax.set_title(f"{n_y} x {n_x} cells of {cy_} x {cx_} pixels, one candidate each",
+                 fontsize=9)
+    return fig
+
+
+def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100):
+    """Write every diagnostic figure of a match as a PNG file.
+
+    The files are those of `DIAGNOSTIC_FILES`: ``cells.png``,
+    ``candidates.png``, ``basis.png``, ``kernel_mosaic.png`` and
+    ``spatial_coefficients.png``.
+
+    Parameters
+    ----------
+    result : MatchResult
+        A match result.
+    directory : str or path-like
+        Where to write; created if needed.
+    image : 2-D array or `~astropy.nddata.NDData`, optional
+        The image under the cells in ``cells.png`` (usually the input);
+        default the matched image.
+    overwrite : bool, optional
+        Replace existing files.
+    dpi : int, optional
+        Resolution of the PNG files.
+
+    Returns
+    -------
+    paths : list of `~pathlib.Path`
+        The files written, in the order of `DIAGNOSTIC_FILES`.
+
+    Raises
+    ------
+    FileExistsError
+        If a file exists and ``overwrite`` is False (nothing is written).
+    ImportError
+        Without matplotlib.
+    """
+    directory = Path(directory)
+    paths = [directory / name for name in DIAGNOSTIC_FILES.values()]
+    if not overwrite:
+        existing = [str(p) for p in paths if p.exists()]
+        if existing:
+            msg = f"{', '.join(existing)} already exist(s); use overwrite=True to replace"
+            raise FileExistsError(msg)
+    _new_figure(None, (1, 1))  # fail early without matplotlib
+    makers = {
+        "cells": lambda: plot_cells(result, image),
+        "candidates": lambda: plot_candidates(result),
+        "basis": lambda: plot_basis(result),
+        "kernel_mosaic": lambda: plot_kernel_mosaic(result),
+        "spatial_coefficients": lambda: plot_spatial_coefficients(result),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, path in zip(DIAGNOSTIC_FILES, paths, strict=True):
+        makers[name]().savefig(path, dpi=dpi)
+    return paths

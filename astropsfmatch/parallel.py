@@ -1,0 +1,433 @@
+"""Match many exposures to one target PSF, locally or on a dask cluster: match_many."""
+
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from astropy.io import fits
+from astropy.nddata import CCDData, NDData
+
+from ._logging import log
+from .config import MatchConfig
+from .matcher import ModelPsfMatcher
+
+__all__ = ["ManyResult", "match_many"]
+
+#: With a dask client, at most this many tasks per worker thread are in
+#: flight at once (submitted and not yet collected): enough to keep every
+#: worker busy, few enough that the inputs sent to the workers and the results
+#: waiting to be collected stay bounded for long lists.
+_TASKS_PER_THREAD = 2
+
+_FITS_SUFFIX = re.compile(r"\.(fits|fit|fts)(\.(gz|bz2|xz))?$", re.IGNORECASE)
+
+
+@dataclass
+class ManyResult:
+    """The outcome of `match_many`: one entry per input exposure, in input order.
+
+    Attributes
+    ----------
+    results : list
+        For each exposure: its `~astropsfmatch.MatchResult` (in-memory mode),
+        the path of the matched FITS file (with ``output_dir``), or None if
+        that exposure failed.
+    names : list of str
+        The name of each exposure, as used in ``errors`` and in the log: the
+        file path, the ``names`` given to `match_many`, the ``FILENAME``
+        keyword of the image's ``meta``, or ``'exposure <i>'``.
+    errors : dict
+        ``{name: message}`` for each exposure that failed (the exception type
+        and message).
+    kernel_paths : list
+        With ``output_dir``: the path of each exposure's kernel FITS file
+        (`~astropsfmatch.SpatialKernel.read` restores it), None where it
+        failed. Without ``output_dir``: all None.
+    durations : list of float
+        Wall-clock seconds spent on each exposure (reading, matching and
+        writing), as measured where it ran.
+    elapsed : float
+        Wall-clock seconds of the whole call.
+    output_dir : str or None
+        Where the files were written.
+    """
+
+    results: list
+    names: list
+    errors: dict = field(default_factory=dict)
+    kernel_paths: list = None
+    durations: list = None
+    elapsed: float = 0.0
+    output_dir: str = None
+
+    def __len__(self):
+        return len(self.results)
+
+    @property
+    def succeeded(self):
+        """Indices of the exposures that were matched."""
+        return [i for i, r in enumerate(self.results) if r is not None]
+
+    @property
+    def failed(self):
+        """Indices of the exposures that failed (their messages are in ``errors``)."""
+        return [i for i, r in enumerate(self.results) if r is None]
+
+    @property
+    def matched(self):
+        """The results (MatchResults or paths) of the exposures that succeeded, in order."""
+        return [r for r in self.results if r is not None]
+
+    def __repr__(self):
+        where = f" in {self.output_dir!r}" if self.output_dir is not None else ""
+        return (f"<ManyResult {len(self)} exposure(s): {len(self.succeeded)} matched, "
+                f"{len(self.failed)} failed{where}, {self.elapsed:.1f} s>")
+
+
+@dataclass
+class _Outcome:
+    """What one task returns (small and picklable)."""
+
+    ok: bool
+    result: object = None
+    kernel_path: str = None
+    error: str = None
+    duration: float = 0.0
+
+
+def match_many(images, target_psf, *, source_psfs=None, config=None, client=None,
+               output_dir=None, progress=True, kernel_sum=1.0, overwrite=False, names=None,
+               read_kwargs=None):
+    """
+    Match a list of exposures to one target PSF, locally or on a dask cluster.
+
+    Each exposure is matched with `~astropsfmatch.ModelPsfMatcher` (one
+    spatially varying kernel per exposure). A failure in one exposure is
+    logged as a warning with its name, recorded in the returned
+    `ManyResult`, and does not stop the others.
+
+    Parameters
+    ----------
+    images : sequence
+        The exposures: `~astropy.nddata.CCDData`/`~astropy.nddata.NDData`
+        objects, or paths of FITS files readable by
+        `CCDData.read <astropy.nddata.CCDData.read>` (read where the
+        exposure is matched: on the dask worker with ``client``).
+    target_psf : photutils PSF model, astropy 2-D model or 2-D array
+        The common target PSF, e.g. ``common_target_psf(...).psf``.
+    source_psfs : sequence, optional
+        One PSF (or None) per exposure; None uses the exposure's own ``psf``
+        (for FITS files, the ``PSFIMAGE`` extension).
+    config : `~astropsfmatch.MatchConfig`, optional
+        Matching options, the same for every exposure.
+    client : `distributed.Client`, optional
+        Run one task per exposure on this dask cluster and collect the
+        results as they complete. Without it, the exposures are matched one
+        after the other in this process.
+    output_dir : str or path-like, optional
+        Write each result as soon as it is ready and keep only the paths: the
+        matched image to ``<stem>_matched.fits`` (the `~astropy.nddata.CCDData`
+        with ``UNCERT``, ``MASK`` and ``PSFIMAGE`` extensions, plus the
+        inverse-variance weights in a ``WEIGHTS`` extension) and the kernel
+        to ``<stem>_kernel.fits``; ``<stem>`` is the input file name without
+        its FITS suffix, or ``exposure_<i>``. With ``client`` this directory
+        must be writable by the workers (a shared file system).
+    progress : bool, optional
+        Show a `tqdm <https://tqdm.github.io>`_ progress bar; without tqdm
+        installed, log one line per finished exposure instead.
+    kernel_sum : float, optional
+        Sum of every kernel (the convolution is normalized by it).
+    overwrite : bool, optional
+        Replace existing output files; otherwise an exposure whose output
+        exists fails (before any work is done for it).
+    names : sequence of str, optional
+        A name for each exposure, used in messages, in ``errors`` and for the
+        output file names.
+    read_kwargs : dict, optional
+        Keyword arguments of `CCDData.read <astropy.nddata.CCDData.read>` for
+        FITS paths, e.g. ``{'unit': 'adu'}`` for files without ``BUNIT``.
+
+    Returns
+    -------
+    result : ManyResult
+        ``result.results[i]`` is the `~astropsfmatch.MatchResult` of
+        ``images[i]`` (or its output path with ``output_dir``), None if it
+        failed; ``result.errors`` maps the names of failed exposures to
+        their error messages.
+
+    Raises
+    ------
+    TypeError
+        ``images`` is not a sequence, ``config`` not a MatchConfig, or
+        ``client`` not a dask client.
+    ValueError
+        ``source_psfs`` or ``names`` of the wrong length, or repeated names.
+
+    Notes
+    -----
+    With a client, at most two tasks per worker thread are in flight at any
+    time: in-memory exposures are sent to the cluster (with
+    ``client.scatter``) only when a worker is about to need them, and
+    results are collected (and with ``output_dir``, written by the worker)
+    as they complete, so that long lists run in bounded memory. The
+    matching code is compiled by numba and releases the GIL, so
+    multi-threaded workers are effective too.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData
+    >>> from photutils.psf import CircularGaussianPRF
+    >>> from astropsfmatch import MatchConfig, match_many
+    >>> images = [CCDData(np.zeros((192, 192)), unit="adu") for _ in range(3)]
+    >>> psfs = [CircularGaussianPRF(fwhm=f) for f in (2.5, 3.0, 3.5)]
+    >>> many = match_many(images, CircularGaussianPRF(fwhm=4.0), source_psfs=psfs,
+    ...                   config=MatchConfig(cell_size=64), progress=False)
+    >>> many.succeeded, many.errors
+    ([0, 1, 2], {})
+    >>> many.results[0].matched.shape
+    (192, 192)
+    """
+    start = time.perf_counter()
+    images = _check_images(images)
+    n = len(images)
+    source_psfs = _check_per_exposure(source_psfs, n, "source_psfs")
+    if config is None:
+        config = MatchConfig()
+    elif not isinstance(config, MatchConfig):
+        msg = f"config must be a MatchConfig or None, got {type(config).__name__}"
+        raise TypeError(msg)
+    read_kwargs = dict(read_kwargs or {})
+    names = _exposure_names(images, names)
+    outputs = [None] * n
+    if output_dir is not None:
+        output_dir = os.fspath(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        outputs = _output_paths(images, names, output_dir)
+    tasks = [(images[i], target_psf, source_psfs[i], config, kernel_sum, outputs[i], overwrite,
+              read_kwargs) for i in range(n)]
+
+    results = [None] * n
+    kernel_paths = [None] * n
+    durations = [0.0] * n
+    errors = {}
+    bar = _Progress(n, progress)
+
+    def collect(index, outcome):
+        durations[index] = outcome.duration
+        if outcome.ok:
+            results[index] = outcome.result
+            kernel_paths[index] = outcome.kernel_path
+        else:
+            errors[names[index]] = outcome.error
+            log.warning(f"match_many: exposure {names[index]!r} failed: {outcome.error}")
+        bar.update(names[index], outcome.ok)
+
+    try:
+        if client is None:
+            for index, task in enumerate(tasks):
+                collect(index, _match_one(*task))
+        else:
+            _run_on_client(client, tasks, collect)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    log.debug(f"match_many: {n - len(errors)} of {n} exposure(s) matched in {elapsed:.2f} s")
+    return ManyResult(results=results, names=names, errors=errors, kernel_paths=kernel_paths,
+                      durations=durations, elapsed=elapsed, output_dir=output_dir)
+
+
+def _run_on_client(client, tasks, collect):
+    """Submit one task per exposure, a bounded number at a time; collect as they complete."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:  # pragma: no cover - a client implies distributed
+        msg = "client= needs dask.distributed (pip install 'dask[distributed]')"
+        raise ImportError(msg) from exc
+    if not isinstance(client, Client):
+        msg = f"client must be a dask.distributed.Client or None, got {type(client).__name__}"
+        raise TypeError(msg)
+    token = uuid.uuid4().hex[:12]
+    nthreads = sum(client.nthreads().values())
+    window = max(_TASKS_PER_THREAD * nthreads, 1)
+    live = {}  # key -> (index, future) of the tasks not collected yet
+
+    def submit(index):
+        image, *rest = tasks[index]
+        if not _is_path(image):
+            # sent now, to the cluster's memory, rather than embedded in the task graph
+            image = client.scatter(image, hash=False)
+        future = client.submit(_match_one, image, *rest, key=f"match_many-{token}-{index}",
+                               pure=False)
+        live[future.key] = (index, future)
+        return future
+
+    queue = iter(range(len(tasks)))
+    running = as_completed([submit(i) for i in islice(queue, window)])
+    try:
+        for future in running:
+            index, _ = live.pop(future.key)
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died: keep the others
+                outcome = _Outcome(ok=False, error=_describe(exc))
+            del future
+            collect(index, outcome)
+            following = next(queue, None)
+            if following is not None:
+                running.add(submit(following))
+    finally:
+        if live:  # interrupted: do not leave work running on the cluster
+            client.cancel([future for _, future in live.values()])
+
+
+def _match_one(image, target_psf, source_psf, config, kernel_sum, outputs, overwrite,
+               read_kwargs):
+    """Read (if a path), match and (with outputs) write one exposure; never raises."""
+    start = time.perf_counter()
+    try:
+        if outputs is not None and not overwrite:
+            for path in outputs:
+                if os.path.exists(path):
+                    msg = f"output file {path!r} exists (pass overwrite=True to replace it)"
+                    raise FileExistsError(msg)
+        if _is_path(image):
+            image = CCDData.read(image, **read_kwargs)
+        result = ModelPsfMatcher(config).match(image, target_psf, source_psf=source_psf,
+                                               kernel_sum=kernel_sum)
+        if outputs is None:
+            return _Outcome(ok=True, result=result, duration=time.perf_counter() - start)
+        matched_path, kernel_path = outputs
+        _write_matched(result, matched_path)
+        _atomic_write(kernel_path, result.kernel.write)
+        return _Outcome(ok=True, result=matched_path, kernel_path=kernel_path,
+                        duration=time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - one bad exposure must not lose the others
+        return _Outcome(ok=False, error=_describe(exc), duration=time.perf_counter() - start)
+
+
+def _write_matched(result, path):
+    """The matched CCDData (with UNCERT, MASK, PSFIMAGE) plus a WEIGHTS extension."""
+    hdul = result.matched.to_hdu()
+    if result.weights is not None:
+        hdul.append(fits.ImageHDU(result.weights, name="WEIGHTS"))
+    _atomic_write(path, hdul.writeto)
+
+
+def _atomic_write(path, writer):
+    """Write to a temporary name, then rename: no partial file if interrupted."""
+    partial = f"{path}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        writer(partial, overwrite=True)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _describe(exc):
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _is_path(item):
+    return isinstance(item, str | os.PathLike)
+
+
+def _check_images(images):
+    if isinstance(images, NDData | str | os.PathLike) or not hasattr(images, "__len__") \
+            or not hasattr(images, "__getitem__"):
+        msg = (f"images must be a sequence of CCDData/NDData images or FITS paths, got "
+               f"{type(images).__name__}")
+        raise TypeError(msg)
+    return list(images)
+
+
+def _check_per_exposure(values, n, name):
+    if values is None:
+        return [None] * n
+    if isinstance(values, str) or not hasattr(values, "__len__"):
+        msg = f"{name} must be None or a sequence with one entry per exposure, got " \
+              f"{type(values).__name__}"
+        raise TypeError(msg)
+    values = list(values)
+    if len(values) != n:
+        msg = f"{name} must have one entry per exposure: got {len(values)} for {n} exposure(s)"
+        raise ValueError(msg)
+    return values
+
+
+def _exposure_names(images, names):
+    if names is not None:
+        names = [str(name) for name in _check_per_exposure(names, len(images), "names")]
+        if len(set(names)) != len(names):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            msg = f"names must be unique, got repeated name(s) {repeated}"
+            raise ValueError(msg)
+        return names
+    names = []
+    for index, image in enumerate(images):
+        if _is_path(image):
+            name = os.fspath(image)
+        else:
+            meta = getattr(image, "meta", None) or {}
+            name = meta.get("FILENAME") if hasattr(meta, "get") else None
+            name = str(name) if name else f"exposure {index}"
+        names.append(name)
+    counts = {name: names.count(name) for name in names}
+    return [f"{name} [{i}]" if counts[name] > 1 else name for i, name in enumerate(names)]
+
+
+def _output_paths(images, names, output_dir):
+    """(matched, kernel) output paths of each exposure; unique stems."""
+    stems = []
+    for index, (image, name) in enumerate(zip(images, names, strict=True)):
+        if _is_path(image):
+            stem = _FITS_SUFFIX.sub("", Path(image).name)
+        elif name == f"exposure {index}":
+            stem = f"exposure_{index:04d}"
+        else:
+            stem = _FITS_SUFFIX.sub("", Path(name).name)
+        stems.append(re.sub(r"[^\w.+-]+", "_", stem) or f"exposure_{index:04d}")
+    if len(set(stems)) != len(stems):
+        stems = [f"{index:04d}_{stem}" for index, stem in enumerate(stems)]
+    return [(os.path.join(output_dir, f"{stem}_matched.fits"),
+             os.path.join(output_dir, f"{stem}_kernel.fits")) for stem in stems]
+
+
+class _Progress:
+    """A tqdm bar if tqdm is installed, else one log line per finished exposure."""
+
+    def __init__(self, total, enabled):
+        self.total = total
+        self.enabled = bool(enabled)
+        self.done = 0
+        self.failed = 0
+        self.bar = None
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc="match_many", unit="exposure")
+
+    def update(self, name, ok):
+        self.done += 1
+        self.failed += not ok
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            if self.failed:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+            self.bar.update(1)
+        else:
+            status = "matched" if ok else "FAILED"
+            log.info(f"match_many: {self.done}/{self.total} {status} {name}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

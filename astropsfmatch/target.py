@@ -1,0 +1,362 @@
+"""A common target PSF that every exposure of a set can be matched to by convolution.
+
+Matching an image to a PSF that is narrower than its own, in any direction, is
+a deconvolution: the kernel must sharpen, it amplifies noise and rings. Before
+co-adding a set of exposures, `common_target_psf` measures the PSF models of
+all of them across their fields and returns one constant PSF that is broader
+than each of them everywhere, so that every matching kernel is a smoothing
+one.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.nddata import NDData
+from photutils.psf import CircularGaussianPRF, GriddedPSFModel, MoffatPSF
+
+from ._logging import log
+from .psf import _as_psf
+
+__all__ = ["CommonTarget", "common_target_psf"]
+
+#: FWHM of a Gaussian in units of its sigma, 2 sqrt(2 ln 2).
+_SIGMA_TO_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+_PROFILES = ("gaussian", "moffat")
+
+#: At most this many enlargements of the target are tried so that its
+#: realized stamp reaches the required second moment (one is always enough
+#: in practice: the first guess only misses by pixel-sampling effects).
+_MAX_ADJUSTMENTS = 20
+
+
+@dataclass(frozen=True)
+class CommonTarget:
+    """The common target PSF of a set of exposures, and what it was derived from.
+
+    Returned by `common_target_psf`.
+
+    Attributes
+    ----------
+    psf : `~photutils.psf.CircularGaussianPRF` or `~photutils.psf.MoffatPSF`
+        The constant target PSF (unit flux, centred at the origin): pass it as
+        ``target_psf`` to `~astropsfmatch.match_psf` or
+        `~astropsfmatch.match_many`.
+    fwhm : float
+        Full width at half maximum of the target profile, in pixels (the
+        ``fwhm`` of the Gaussian, or of the Moffat core).
+    profile : str
+        ``'gaussian'`` or ``'moffat'``.
+    beta : float or None
+        The Moffat ``beta`` (None for a Gaussian).
+    margin : float
+        The factor applied to the broadest input PSF.
+    required_fwhm : float
+        The broadest input PSF found, as the FWHM of a Gaussian with the same
+        largest second moment (pixels): ``fwhm`` is at least ``margin`` times
+        this.
+    fwhm_range : `~numpy.ndarray`
+        Shape ``(n, 2)``: for each exposure, the smallest and largest
+        Gaussian-equivalent FWHM over its field (from the mean of the two
+        second moments, as :func:`~astropsfmatch.psf.realize_psf` stamps give
+        them).
+    major_fwhm : `~numpy.ndarray`
+        Shape ``(n,)``: for each exposure, the largest FWHM along any
+        direction over its field (from the largest eigenvalue of the
+        second-moment matrix); equals the upper end of ``fwhm_range`` for
+        round PSFs and exceeds it for elliptical ones.
+    limiting_exposure : int
+        Index of the exposure with the broadest PSF.
+    limiting_position : tuple of float
+        The ``(x, y)`` pixel position in that exposure where it was found.
+    n_positions : `~numpy.ndarray`
+        Shape ``(n,)``: the number of positions sampled in each exposure.
+    """
+
+    psf: object
+    fwhm: float
+    profile: str
+    beta: float
+    margin: float
+    required_fwhm: float
+    fwhm_range: np.ndarray = field(repr=False)
+    major_fwhm: np.ndarray = field(repr=False)
+    limiting_exposure: int = 0
+    limiting_position: tuple = (0.0, 0.0)
+    n_positions: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def n_exposures(self):
+        """Number of exposures the target was derived from."""
+        return len(self.major_fwhm)
+
+    def __repr__(self):
+        beta = f", beta={self.beta:g}" if self.beta is not None else ""
+        return (f"<CommonTarget {self.profile} fwhm={self.fwhm:.4g}{beta} "
+                f"(margin {self.margin:g} over the broadest input, {self.required_fwhm:.4g} px "
+                f"in exposure {self.limiting_exposure}) from {self.n_exposures} exposure(s)>")
+
+
+def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, beta=2.5,
+                      n_samples=5):
+    r"""
+    A constant target PSF that every exposure can be matched to by convolution.
+
+    Each exposure's PSF model is realized on a grid of positions across its
+    field; at each position the second-moment matrix of the unit-flux stamp
+    gives the width of the PSF along its major axis. The target is a round
+    profile whose width is ``margin`` times the largest of these over all
+    positions of all exposures, so it is broader than every input PSF along
+    every direction (elliptical PSFs included), and every matching kernel
+    is a smoothing one: no deconvolution anywhere.
+
+    Parameters
+    ----------
+    psfs : sequence
+        One entry per exposure: a PSF accepted by
+        `~astropsfmatch.match_psf` (photutils PSF model such as
+        `~photutils.psf.GriddedPSFModel`, astropy 2-D model, or 2-D
+        odd-sized array), or a `~astropy.nddata.NDData`/`~astropy.nddata.CCDData`
+        image whose ``psf`` is used and whose shape gives the field.
+    shapes : tuple or sequence of tuple, optional
+        The image shape ``(ny, nx)`` over which each PSF is sampled: one
+        shape for all exposures, or a sequence with one shape (or None) per
+        exposure. Needed for spatially varying models to cover the whole
+        field; a `~photutils.psf.GriddedPSFModel` without a shape is sampled
+        over its ePSF grid. Defaults to the shapes of image entries.
+    profile : {'gaussian', 'moffat'}, optional
+        The target profile: a `~photutils.psf.CircularGaussianPRF` or a
+        `~photutils.psf.MoffatPSF`.
+    margin : float, optional
+        Factor (>= 1) by which the target is broader than the broadest input.
+        The default 5% leaves headroom for errors of the PSF models (their
+        widths are rarely known better than a few percent) while costing
+        little resolution; 1 makes the kernel a near-delta function where the
+        PSF is broadest.
+    beta : float, optional
+        Moffat power index (> 1); used only for ``profile='moffat'``.
+    n_samples : int, optional
+        Number of sample positions along each axis of a field (>= 2; the
+        field corners are always included).
+
+    Returns
+    -------
+    target : CommonTarget
+        The target PSF (``target.psf``), its FWHM and the per-exposure FWHM
+        ranges that were found.
+
+    Raises
+    ------
+    ValueError
+        An empty ``psfs``, an image without PSF, a bad option, or
+        ``shapes`` that do not match ``psfs``.
+    TypeError
+        An unsupported PSF type.
+
+    Notes
+    -----
+    Widths are measured from the second moments :math:`I_{xx}, I_{yy},
+    I_{xy}` of the stamps that the matcher itself uses. Second moments add
+    under convolution, so a smoothing kernel exists only if the target's
+    moment matrix exceeds each input's along every direction, that is if
+    :math:`\sigma_t^2 \ge \lambda_{\max}` for a round target of moment
+    :math:`\sigma_t^2`, where :math:`\lambda_{\max}` is the largest
+    eigenvalue of an input's moment matrix. The target's FWHM is set to
+    ``margin`` times :math:`2\sqrt{2\ln 2}\,\sqrt{\max \lambda_{\max}}`
+    and then enlarged, if needed, until the realized target stamp satisfies
+    :math:`\sigma_t^2 \ge \mathrm{margin}^2 \max\lambda_{\max}`. For a
+    Moffat target this makes the core at least as broad as the inputs, and
+    its wings broader still.
+
+    For a `~photutils.psf.GriddedPSFModel` the stamps are bilinear
+    combinations of the grid ePSFs, so along each image axis the moment
+    matrix is linear in position between grid points and its largest
+    eigenvalue is convex: the maximum over the field lies on the corners of
+    the grid cells clipped to the field. Those positions are always sampled,
+    so the maximum is found exactly, whatever ``n_samples``.
+
+    Examples
+    --------
+    >>> from photutils.psf import CircularGaussianPRF, GaussianPRF
+    >>> from astropsfmatch import common_target_psf
+    >>> psfs = [CircularGaussianPRF(fwhm=3.0), GaussianPRF(x_fwhm=2.6, y_fwhm=3.4)]
+    >>> target = common_target_psf(psfs, margin=1.05)
+    >>> target.limiting_exposure
+    1
+    >>> bool(target.fwhm >= 1.05 * target.major_fwhm.max())
+    True
+    >>> type(target.psf).__name__
+    'CircularGaussianPRF'
+    """
+    profile = _check_choice(profile, "profile", _PROFILES)
+    margin = _check_number(margin, "margin", minimum=1.0, inclusive=True)
+    if profile == "moffat":
+        beta = _check_number(beta, "beta", minimum=1.0, inclusive=False)
+    else:
+        beta = None
+    if isinstance(n_samples, bool | np.bool_) or not isinstance(n_samples, int | np.integer) \
+            or n_samples < 2:
+        msg = f"n_samples must be an integer >= 2, got {n_samples!r}"
+        raise ValueError(msg)
+    entries = _exposure_psfs(psfs, shapes)
+
+    n = len(entries)
+    fwhm_range = np.empty((n, 2))
+    major = np.empty(n)
+    n_positions = np.empty(n, dtype=int)
+    worst = (-np.inf, 0, (0.0, 0.0))
+    for index, (psf, shape) in enumerate(entries):
+        x, y = _sample_positions(psf, shape, int(n_samples))
+        stamps = psf.stamps(x, y, psf.native_size(x, y))
+        ixx, iyy, ixy = _second_moments(stamps)
+        mean_fwhm = _SIGMA_TO_FWHM * np.sqrt(np.maximum((ixx + iyy) / 2.0, 0.0))
+        lam = _largest_eigenvalue(ixx, iyy, ixy)
+        fwhm_range[index] = mean_fwhm.min(), mean_fwhm.max()
+        k = int(np.argmax(lam))
+        major[index] = _SIGMA_TO_FWHM * np.sqrt(lam[k])
+        n_positions[index] = x.size
+        if lam[k] > worst[0]:
+            worst = (float(lam[k]), index, (float(x[k]), float(y[k])))
+
+    lam_max, limiting, position = worst
+    required_fwhm = _SIGMA_TO_FWHM * np.sqrt(lam_max)
+    required_moment = margin**2 * lam_max
+    fwhm = margin * required_fwhm
+    for _ in range(_MAX_ADJUSTMENTS):
+        model = _make_profile(profile, fwhm, beta)
+        moment = _round_moment(_as_psf(model, name="target"))
+        if moment >= required_moment * (1 - 1e-12):
+            break
+        fwhm *= np.sqrt(required_moment / moment) * (1 + 1e-6)
+    else:  # pragma: no cover - the first enlargement always suffices
+        msg = f"could not find a {profile} target broader than {required_fwhm:.4g} px"
+        raise RuntimeError(msg)
+    log.debug(f"common target: {profile} fwhm={fwhm:.4g} px, broadest input "
+              f"{required_fwhm:.4g} px in exposure {limiting} at {position}")
+    return CommonTarget(psf=model, fwhm=float(fwhm), profile=profile, beta=beta,
+                        margin=margin, required_fwhm=float(required_fwhm),
+                        fwhm_range=fwhm_range, major_fwhm=major, limiting_exposure=limiting,
+                        limiting_position=position, n_positions=n_positions)
+
+
+def _make_profile(profile, fwhm, beta):
+    if profile == "gaussian":
+        return CircularGaussianPRF(fwhm=fwhm)
+    alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    return MoffatPSF(alpha=alpha, beta=beta)
+
+
+def _round_moment(psf):
+    """The smaller eigenvalue of the second-moment matrix of a constant PSF's stamp."""
+    stamps = psf.stamps(np.zeros(1), np.zeros(1), psf.native_size(0.0, 0.0))
+    ixx, iyy, ixy = _second_moments(stamps)
+    half_trace = (ixx + iyy) / 2.0
+    return float((half_trace - np.sqrt(((ixx - iyy) / 2.0) ** 2 + ixy**2))[0])
+
+
+def _second_moments(stamps):
+    """Central second moments (Ixx, Iyy, Ixy) of each unit-flux stamp of (n, S, S)."""
+    size = stamps.shape[-1]
+    d = np.arange(size, dtype=np.float64) - size // 2
+    total = stamps.sum(axis=(1, 2))
+    px = stamps.sum(axis=1) / total[:, np.newaxis]
+    py = stamps.sum(axis=2) / total[:, np.newaxis]
+    cx, cy = px @ d, py @ d
+    ixx = px @ d**2 - cx**2
+    iyy = py @ d**2 - cy**2
+    ixy = np.einsum("nij,i,j->n", stamps, d, d) / total - cx * cy
+    return ixx, iyy, ixy
+
+
+def _largest_eigenvalue(ixx, iyy, ixy):
+    return (ixx + iyy) / 2.0 + np.sqrt(((ixx - iyy) / 2.0) ** 2 + ixy**2)
+
+
+def _sample_positions(psf, shape, n_samples):
+    """Positions (x, y) where a PSF is realized: a grid over the field and the ePSF grid."""
+    model = psf.model
+    gridded = isinstance(model, GriddedPSFModel)
+    if shape is None and not gridded:
+        return np.zeros(1), np.zeros(1)  # the same shape everywhere
+    if gridded:
+        xypos = np.asarray(model.grid_xypos, dtype=float)
+        nodes_x, nodes_y = np.unique(xypos[:, 0]), np.unique(xypos[:, 1])
+    if shape is None:
+        xs, ys = nodes_x, nodes_y
+    else:
+        ny, nx = shape
+        xs = np.linspace(0.0, nx - 1.0, n_samples)
+        ys = np.linspace(0.0, ny - 1.0, n_samples)
+        if gridded:
+            xs = np.union1d(xs, nodes_x[(nodes_x > 0) & (nodes_x < nx - 1)])
+            ys = np.union1d(ys, nodes_y[(nodes_y > 0) & (nodes_y < ny - 1)])
+    x, y = np.meshgrid(xs, ys)
+    return x.ravel(), y.ravel()
+
+
+def _exposure_psfs(psfs, shapes):
+    """Validate ``psfs`` and ``shapes``: a list of (_PSF, shape or None)."""
+    if isinstance(psfs, NDData | np.ndarray) or not hasattr(psfs, "__len__") \
+            or isinstance(psfs, str):
+        msg = (f"psfs must be a sequence with one PSF (or image) per exposure, got "
+               f"{type(psfs).__name__}")
+        raise TypeError(msg)
+    psfs = list(psfs)
+    if not psfs:
+        msg = "psfs must contain at least one PSF, got an empty sequence"
+        raise ValueError(msg)
+    n = len(psfs)
+    if shapes is None:
+        shapes = [None] * n
+    elif _is_shape(shapes):
+        shapes = [shapes] * n
+    else:
+        shapes = list(shapes)
+        if len(shapes) != n:
+            msg = (f"shapes must be one (ny, nx) shape or one per exposure: got {len(shapes)} "
+                   f"shapes for {n} PSFs")
+            raise ValueError(msg)
+    entries = []
+    for index, (item, shape) in enumerate(zip(psfs, shapes, strict=True)):
+        name = f"psfs[{index}]"
+        if isinstance(item, NDData):
+            if item.psf is None:
+                msg = f"{name} is an image without a PSF (its psf attribute is None)"
+                raise ValueError(msg)
+            if shape is None:
+                shape = np.shape(item.data)
+            item = item.psf
+        if shape is not None:
+            if not _is_shape(shape) or len(shape) != 2:
+                msg = f"shapes[{index}] must be an image shape (ny, nx), got {shape!r}"
+                raise ValueError(msg)
+            shape = (int(shape[0]), int(shape[1]))
+        entries.append((_as_psf(item, name=name), shape))
+    return entries
+
+
+def _is_shape(value):
+    """True for a pair of positive integers."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        return False
+    return all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
+               for v in value)
+
+
+def _check_choice(value, name, allowed):
+    if not isinstance(value, str) or value.lower() not in allowed:
+        msg = f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+        raise ValueError(msg)
+    return value.lower()
+
+
+def _check_number(value, name, *, minimum, inclusive):
+    ok = not isinstance(value, bool) and np.isscalar(value) and np.isreal(value) \
+        and np.isfinite(value)
+    if ok:
+        ok = value >= minimum if inclusive else value > minimum
+    if not ok:
+        relation = ">=" if inclusive else ">"
+        msg = f"{name} must be a finite number {relation} {minimum:g}, got {value!r}"
+        raise ValueError(msg)
+    return float(value)

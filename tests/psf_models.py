@@ -1,0 +1,32 @@
+"""PSF models shared by the tests (not numba twins: see naive.py for those)."""
+
+import numpy as np
+from astropy.nddata import NDData
+from photutils.psf import GriddedPSFModel
+
+
+def gaussian_stamp(size, sigma, sigma_y=None, theta=0.0):
+    """Unit-sum (possibly elliptical) Gaussian on an odd square stamp."""
+    sigma_y = sigma if sigma_y is None else sigma_y
+    half = size // 2
+    y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(float)
+    c, s = np.cos(theta), np.sin(theta)
+    u, v = c * x + s * y, -s * x + c * y
+    g = np.exp(-0.5 * ((u / sigma) ** 2 + (v / sigma_y) ** 2))
+    return g / g.sum()
+
+
+def varying_gaussian_grid(shape, sigma_range=(1.6, 2.4), n_grid=3, size=25):
+    """GriddedPSFModel whose Gaussian width grows smoothly with x + y across ``shape``."""
+    ny, nx = shape
+    xs = np.linspace(0, nx - 1, n_grid)
+    ys = np.linspace(0, ny - 1, n_grid)
+    data, positions = [], []
+    for y in ys:
+        for x in xs:
+            frac = (x / (nx - 1) + y / (ny - 1)) / 2
+            sigma = sigma_range[0] + frac * (sigma_range[1] - sigma_range[0])
+            data.append(gaussian_stamp(size, sigma))
+            positions.append((x, y))
+    nddata = NDData(np.array(data), meta={"grid_xypos": positions, "oversampling": 1})
+    return GriddedPSFModel(nddata)
