@@ -296,7 +296,11 @@ def _write_weights(result, path):
     header["EXTNAME"] = ("WEIGHTS", "inverse-variance weights, 0 where masked")
     unit = result.matched.unit
     if unit is not None:
-        header["BUNIT"] = ((unit**-2).to_string("fits"), "1 / variance")
+        try:
+            text = (unit**-2).to_string("fits")
+        except ValueError:  # a unit FITS does not know (e.g. electron)
+            text = (unit**-2).to_string()
+        header["BUNIT"] = (text, "1 / variance")
     header["PSFMATCH"] = (True, "weights of a PSF-matched image (astropsfmatch)")
     _write_image(result.weights, path, wcs=result.matched.wcs, header=header)
 
@@ -500,6 +504,7 @@ def _match_config(args, parser):
 
 
 def _read_science(path, unit):
+    from astropy.io.registry import IORegistryError
     from astropy.nddata import CCDData
 
     _require_file(path, "SCIENCE")
@@ -511,7 +516,7 @@ def _read_science(path, unit):
                 raise
             log.info(f"{path} has no BUNIT: reading it in adu (use --unit to choose)")
             ccd = CCDData.read(path, unit="adu")
-    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, IndexError, IORegistryError) as exc:
         raise CommandError(f"cannot read {path} as a FITS image: {_one_line(exc)}") from exc
     if ccd.data is None or ccd.data.ndim != 2:
         shape = None if ccd.data is None else ccd.data.shape

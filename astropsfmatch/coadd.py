@@ -221,7 +221,8 @@ def coadd(matched, output_wcs, shape_out=None, *, combine="mean", weights=None,
     has_variance = all(scan["has_variance"])
     weighted = mode != "uniform"
 
-    common = {"reproject_function": reproject_function, "combine_function": "sum", **reproject_kwargs}
+    common = {"reproject_function": reproject_function, "combine_function": "sum",
+              **reproject_kwargs}
     # pass 1: sum of w x and of w (uniform weights: of x and of the footprints)
     total, sum_w = reproject_and_coadd(
         _Lazy(inputs, "data"), wcs_out, shape_out=shape_out,
@@ -252,6 +253,11 @@ def coadd(matched, output_wcs, shape_out=None, *, combine="mean", weights=None,
             else:
                 variance = sum_q
     good &= np.isfinite(data)
+    if not good.any():
+        warnings.warn("no output pixel is covered by valid data: check that the inputs overlap "
+                      "output_wcs; note that interpolation orders above 'bilinear' spread the "
+                      "NaN of masked and edge pixels over whole images", AstropyUserWarning,
+                      stacklevel=2)
     mask = ~good
     data[mask] = np.nan
     if variance is not None:

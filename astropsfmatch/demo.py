@@ -24,7 +24,7 @@ _STARS_PER_MEGAPIXEL = 200
 #: ePSF grid: points per axis, oversampling and half-width (detector pixels).
 _GRID_POINTS = 3
 _OVERSAMPLING = 2
-_EPSF_HALF_WIDTH = 20
+_EPSF_HALF_WIDTH = 12
 
 #: Sky level (electrons, already subtracted), read noise (electrons), gain 1.
 _SKY = 200.0
@@ -176,12 +176,14 @@ def _wcs(size):
     return wcs
 
 
-def _bad_pixels(size, rng):
-    """A short bad column and a few hot pixels."""
+def _bad_pixels(size, rng, probe_x, probe_y):
+    """A short bad column and a dozen hot pixels, none near a probe star."""
     mask = np.zeros((size, size), dtype=bool)
     column = int(0.3 * size)
     mask[int(0.2 * size):int(0.45 * size), column] = True
-    hot = rng.integers(0, size, size=(12, 2))
+    hot = rng.integers(0, size, size=(200, 2))
+    distance = np.hypot(hot[:, :1] - probe_x, hot[:, 1:] - probe_y).min(axis=1)
+    hot = hot[distance > _PROBE_ISOLATION][:12]
     mask[hot[:, 1], hot[:, 0]] = True
     return mask
 
@@ -196,7 +198,9 @@ def make_demo_data(*, size=1024, n_stars=None, seed=0):
     n_stars : int, optional
         Number of random stars; default 200 for a 1024 x 1024 image and
         proportionally fewer (at least 20) for smaller ones. Nine bright
-        isolated probe stars are always added.
+        probe stars are always added; random stars are kept 24 pixels away
+        from them, so small images may hold fewer. Hot pixels stay away
+        from the probes too.
     seed : int, optional
         Seed of the random generator (positions, fluxes, noise, bad pixels).
 
@@ -234,7 +238,8 @@ def make_demo_data(*, size=1024, n_stars=None, seed=0):
     signal = _render(psf_model, stars, size)
     variance = _SKY + _READ_NOISE**2 + np.clip(signal, 0.0, None)
     data = signal + rng.normal(size=signal.shape) * np.sqrt(variance)
-    mask = _bad_pixels(size, rng)
+    probe = np.asarray(stars["probe"])
+    mask = _bad_pixels(size, rng, np.asarray(stars["x"])[probe], np.asarray(stars["y"])[probe])
     data[mask] = 6.0e4  # hot / bad pixels: large, and masked
 
     meta = {"OBJECT": "astropsfmatch demo", "EXPTIME": 300.0, "GAIN": 1.0,

@@ -28,7 +28,7 @@ import numpy as np
 
 __all__ = ["DIAGNOSTIC_FILES", "plot_basis", "plot_candidates", "plot_cells",
            "plot_kernel_mosaic", "plot_spatial_coefficients", "save_diagnostics",
-           "select_candidates"]
+           "select_candidates", "spatial_residual"]
 
 #: File name written by `save_diagnostics` for each figure, in writing order.
 DIAGNOSTIC_FILES = {
@@ -139,22 +139,59 @@ def select_candidates(result, *, max_per_side=5, show_rejected=True):
     return rows, cols, chosen
 
 
-def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
-    """The kernel candidates: source and target stamps, fitted model, residual.
+def spatial_residual(result, candidate):
+    """Residual of the *spatial* kernel at a candidate, relative to the target peak.
 
-    Each shown cell gets a 2 x 2 block of panels: the source PSF stamp and
-    the target stamp (top), the source convolved with that candidate's own
-    kernel, i.e. the model of the target (bottom left), and the residual
-    model - target (bottom right). Blocks are laid out like the cells on the
-    image (y up). Model and residual exist only where the convolution is
-    complete (the stamp shrunk by the kernel half-width, outlined dashed on
-    the stamps). Stamps use one square-root stretch; residuals one symmetric
-    scale for all blocks, in units of the target peak. Frames are green for
+    ``(source ⊛ K(x, y) - target) / max(target)`` on the pixels where the
+    convolution is complete, with ``K(x, y)`` the solved spatially varying
+    kernel at the candidate's position: what the matched image gets there.
+    Its largest absolute value is ``candidate.spatial_residual_max``.
+
+    Parameters
+    ----------
+    result : MatchResult
+        A match result.
+    candidate : Candidate
+        One of ``result.candidates``.
+
+    Returns
+    -------
+    residual : ndarray, shape (V, V)
+    """
+    from scipy.signal import fftconvolve
+
+    kernel = result.kernel.evaluate(candidate.x, candidate.y)
+    model = fftconvolve(candidate.source, kernel, mode="valid")
+    half = kernel.shape[0] // 2
+    valid = model.shape[0]
+    target = candidate.target[half:half + valid, half:half + valid]
+    return (model - target) / float(np.max(candidate.target))
+
+
+def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
+    """The kernel candidates: stamps, kernel, models and residuals per cell.
+
+    Each shown cell gets a 2 x 3 block of panels:
+
+    * top: the source PSF stamp ``S``, the target stamp ``T`` and the model
+      ``M`` of the target made with the candidate's own kernel (``S`` ⊛ own
+      kernel);
+    * bottom: the spatially varying kernel at the cell centre ``K``, the
+      residual of the own kernel ``R = M - T``, and the residual of the
+      spatial kernel ``Rs = S ⊛ K - T`` (see `spatial_residual`), which is
+      what the matched image gets at that position.
+
+    Blocks are laid out like the cells on the image (y up). Models and
+    residuals exist only where the convolution is complete (the stamp
+    shrunk by the kernel half-width, outlined dashed on the stamps). Stamps
+    share one square-root stretch; both kinds of residual share one
+    symmetric scale for all blocks, in units of the target peak, and each
+    residual panel gives its largest absolute value. Frames are green for
     candidates used in the spatial fit and red for rejected ones.
 
     With many cells only a representative subset is drawn: the cells of up
-    to ``max_per_side`` rows and columns spread over the grid (see
-    `select_candidates`).
+    to ``max_per_side`` rows and columns spread over the grid, corners
+    included (see `select_candidates`).
 
     Parameters
     ----------
@@ -170,7 +207,7 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
     Returns
     -------
     figure : `~matplotlib.figure.Figure`
-        With four axes per shown candidate.
+        With six axes per shown candidate.
     """
     from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
@@ -178,59 +215,66 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
     rows, cols, chosen = select_candidates(result, max_per_side=max_per_side,
                                            show_rejected=show_rejected)
     nrow, ncol = len(rows), len(cols)
-    fig = _new_figure(figure, (2.3 * ncol + 0.6, 2.3 * nrow + 1.0))
+    height = 2.3 * nrow + 1.0
+    fig = _new_figure(figure, (3.4 * ncol + 0.4, height))
     if not chosen:
         fig.suptitle("no candidates to show")
         return fig
-    fitted = [c for c in chosen.values() if c.fit is not None]
+    spatial = {key: spatial_residual(result, c) for key, c in chosen.items()}
     peak = max(float(np.max(c.target)) for c in chosen.values())
     norm = PowerNorm(0.5, vmin=0.0, vmax=peak)
-    res_max = max([float(np.max(np.abs(c.fit.residual))) for c in fitted] or [1e-3])
-    res_max = max(res_max, 1e-6)
+    residuals = [np.abs(r).max() for r in spatial.values()]
+    residuals += [np.abs(c.fit.residual).max() for c in chosen.values() if c.fit is not None]
+    res_max = max(float(max(residuals)), 1e-9)
+    kernels = {key: result.kernel.evaluate(c.x, c.y) for key, c in chosen.items()}
+    k_max = max(float(np.abs(k).max()) for k in kernels.values()) or 1.0
 
     outer = fig.add_gridspec(nrow, ncol, left=0.02, right=0.98, bottom=0.02,
-                             top=1.0 - 0.9 / (2.3 * nrow + 1.0), wspace=0.12, hspace=0.22)
+                             top=1.0 - 0.9 / height, wspace=0.1, hspace=0.22)
     for r, iy in enumerate(rows):
         for c, ix in enumerate(cols):
-            cand = chosen.get((int(iy), int(ix)))
+            key = (int(iy), int(ix))
+            cand = chosen.get(key)
             if cand is None:
                 continue
-            inner = outer[nrow - 1 - r, c].subgridspec(2, 2, wspace=0.04, hspace=0.04)
+            inner = outer[nrow - 1 - r, c].subgridspec(2, 3, wspace=0.04, hspace=0.04)
             size = cand.source.shape[0]
             colour = _BAD_COLOUR if cand.rejected else _GOOD_COLOUR
-            panels = [("S", cand.source), ("T", cand.target)]
-            if cand.fit is not None:
-                panels += [("M", cand.fit.model), ("R", cand.fit.residual)]
-            else:
-                panels += [("M", None), ("R", None)]
+            fit = cand.fit
+            panels = [("S", cand.source), ("T", cand.target),
+                      ("M", None if fit is None else fit.model), ("K", kernels[key]),
+                      ("R", None if fit is None else fit.residual), ("Rs", spatial[key])]
             for k, (label, image) in enumerate(panels):
-                ax = fig.add_subplot(inner[k // 2, k % 2])
+                ax = fig.add_subplot(inner[k // 3, k % 3])
                 _bare(ax)
                 _frame(ax, colour)
-                ax.set_xlim(-0.5, size - 0.5)
-                ax.set_ylim(-0.5, size - 0.5)
                 ax.set_aspect("equal")
-                if image is not None:
+                if label == "K":
+                    ax.imshow(image, origin="lower", cmap="RdBu_r", vmin=-k_max, vmax=k_max,
+                              interpolation="nearest")
+                else:
+                    ax.set_xlim(-0.5, size - 0.5)
+                    ax.set_ylim(-0.5, size - 0.5)
+                if image is not None and label != "K":
                     valid = image.shape[0]
                     lo = (size - valid) / 2.0 - 0.5
                     extent = (lo, lo + valid, lo, lo + valid)
-                    if label == "R":
+                    if label.startswith("R"):
                         ax.imshow(image, origin="lower", cmap="RdBu_r", vmin=-res_max,
                                   vmax=res_max, extent=extent, interpolation="nearest")
+                        ax.text(0.96, 0.04, f"{100 * np.abs(image).max():.2g}%",
+                                transform=ax.transAxes, va="bottom", ha="right", fontsize=6)
                     else:
                         ax.imshow(image, origin="lower", cmap="viridis", norm=norm,
                                   extent=extent, interpolation="nearest")
-                    if label in "ST" and cand.fit is not None:
-                        valid = cand.fit.model.shape[0]
+                    if label in ("S", "T") and fit is not None:
+                        valid = fit.model.shape[0]
                         lo = (size - valid) / 2.0 - 0.5
                         ax.add_patch(Rectangle((lo, lo), valid, valid, fill=False, lw=0.6,
                                                ls="--", ec="white"))
                 ax.text(0.04, 0.96, label, transform=ax.transAxes, va="top", ha="left",
                         fontsize=7, color="black",
                         bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 1.0})
-                if label == "R" and cand.fit is not None:
-                    ax.text(0.96, 0.04, f"{100 * cand.fit.residual_max:.2g}%",
-                            transform=ax.transAxes, va="bottom", ha="right", fontsize=6)
                 if k == 0:
                     status = " rejected" if cand.rejected else ""
                     ax.set_title(f"({cand.x:.0f}, {cand.y:.0f}){status}", fontsize=7,
@@ -238,9 +282,9 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
     n_bad = sum(c.rejected for c in result.candidates)
     fig.suptitle(
         f"Kernel candidates: {len(chosen)} of {len(result.candidates)} cells shown, "
-        f"{n_bad} rejected (red)\n"
-        f"S source, T target, M source ⊛ own kernel, R = M - T "
-        f"(scale ±{100 * res_max:.2g}% of the target peak)", fontsize=9)
+        f"{n_bad} rejected (red frames)\n"
+        "S source, T target, M = S ⊛ own kernel; K spatial kernel here, R = M - T, "
+        f"Rs = S ⊛ K - T (residuals ±{100 * res_max:.2g}% of the target peak)", fontsize=9)
     return fig
 
 
@@ -537,7 +581,7 @@ def plot_cells(result, image=None, *, show_mask=True, figure=None):
     fig = _new_figure(figure, (7.5, 7.5 * ny / nx + 0.6))
     ax = fig.add_axes((0.08, 0.07, 0.88, 0.84))
     lo, hi = _display_limits(data)
-    ax.imshow(data, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    ax.imshow(data, origin="lower", cmap="gray", vmin=lo, vmax=hi)
     if show_mask:
         bad = ~np.isfinite(data)
         if mask is not None:

@@ -20,6 +20,9 @@ from .solve import KernelBasis, solve_spatial_kernel
 
 __all__ = ["MatchResult", "ModelPsfMatcher", "match_psf"]
 
+#: Largest PSF stamp used in the fit, in kernel sizes (plus one pixel).
+_MAX_STAMP_PER_KERNEL = 4
+
 
 @dataclass
 class MatchResult:
@@ -162,10 +165,13 @@ class ModelPsfMatcher:
     >>> from astropsfmatch import ModelPsfMatcher
     >>> rng = np.random.default_rng(0)
     >>> ccd = CCDData(rng.normal(size=(256, 256)), unit='adu')
-    >>> ccd.psf = CircularGaussianPRF(fwhm=3.0)
-    >>> result = ModelPsfMatcher(cell_size=64).match(ccd, CircularGaussianPRF(fwhm=5.0))
+    >>> matcher = ModelPsfMatcher(cell_size=64)
+    >>> result = matcher.match(ccd, CircularGaussianPRF(fwhm=5.0),
+    ...                        source_psf=CircularGaussianPRF(fwhm=3.0))
     >>> result.matched.shape, round(result.kernel.kernel_sum, 6)
     ((256, 256), 1.0)
+    >>> result.metadata['candidates']
+    {'total': 16, 'used': 16, 'rejected': 0}
     """
 
     def __init__(self, config=None, **options):
@@ -215,7 +221,14 @@ class ModelPsfMatcher:
         config = _fit_order_to_grid(config, grid)
         x, y = grid.positions()
         basis = self._basis(source, target, grid)
-        size = psf_stamp_size(source.native_size(x, y), basis.size,
+        native = source.native_size(x, y)
+        # heavy-winged analytic PSFs (Airy, low-beta Moffat) hold 99.9% of their
+        # flux only on stamps of hundreds of pixels; the fit needs far less
+        largest = _MAX_STAMP_PER_KERNEL * basis.size + 1
+        if native > largest:
+            log.debug(f"source PSF stamps of {native} px capped at {largest} px")
+            native = largest
+        size = psf_stamp_size(native, basis.size,
                               auto_pad_psf=config.auto_pad_psf,
                               auto_pad_psf_to=config.auto_pad_psf_to,
                               pad_psf_by=config.pad_psf_by)
@@ -382,8 +395,8 @@ def match_psf(image, target_psf, *, source_psf=None, kernel_sum=1.0, config=None
     >>> import numpy as np
     >>> from photutils.psf import CircularGaussianPRF
     >>> from astropsfmatch import match_psf
-    >>> image = np.zeros((128, 128))
-    >>> image[64, 64] = 100.0
+    >>> image = np.zeros((256, 256))
+    >>> image[128, 128] = 100.0
     >>> result = match_psf(image, CircularGaussianPRF(fwhm=5.0),
     ...                    source_psf=CircularGaussianPRF(fwhm=3.0), cell_size=64)
     >>> round(float(np.nansum(result.matched.data)), 3)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
+from ._kernels import weights as weights_kernel
 from astropy.nddata import (
     CCDData,
     InverseVariance,
@@ -123,13 +124,37 @@ def inverse_variance_weights(variance, mask):
     """Inverse-variance weights, 0 where masked or the variance is not usable.
 
     This is what ``reproject_and_coadd`` takes as ``input_weights``.
+
+    Parameters
+    ----------
+    variance : ndarray or None
+        Variance map (2-D).
+    mask : ndarray of bool
+        True where a pixel is bad.
+
+    Returns
+    -------
+    weights : ndarray or None
+        Same dtype as ``variance`` (floating); None when ``variance`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> inverse_variance_weights(np.array([[4.0, np.nan, 0.0, 1.0]]),
+    ...                          np.array([[False, False, False, True]]))
+    array([[0.25, 0.  , 0.  , 0.  ]])
     """
     if variance is None:
         return None
-    good = ~mask & np.isfinite(variance) & (variance > 0)
-    weights = np.zeros(variance.shape, dtype=variance.dtype)
-    np.divide(1.0, variance, out=weights, where=good)
-    return weights
+    variance = np.asarray(variance)
+    dtype = np.result_type(variance.dtype, np.float32).newbyteorder("=")
+    variance = np.ascontiguousarray(variance, dtype=dtype)
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if variance.ndim != 2 or mask.shape != variance.shape:
+        msg = (f"variance must be 2-D with the shape of mask, got {variance.shape} "
+               f"and {mask.shape}")
+        raise ValueError(msg)
+    return weights_kernel.inverse_variance(variance, mask)
 
 
 def _uncertainty_of_kind(kind, variance, mask):

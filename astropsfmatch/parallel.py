@@ -9,6 +9,7 @@ from itertools import islice
 from pathlib import Path
 
 from astropy.io import fits
+from astropy.modeling import Model
 from astropy.nddata import CCDData, NDData
 
 from ._logging import log
@@ -349,7 +350,7 @@ def _check_images(images):
 def _check_per_exposure(values, n, name):
     if values is None:
         return [None] * n
-    if isinstance(values, str) or not hasattr(values, "__len__"):
+    if isinstance(values, str | Model | NDData) or not hasattr(values, "__iter__"):
         msg = f"{name} must be None or a sequence with one entry per exposure, got " \
               f"{type(values).__name__}"
         raise TypeError(msg)

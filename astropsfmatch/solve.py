@@ -11,11 +11,9 @@ candidates of ``M ⊗ p p^T``.
 
 import os
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._kernels import fitting
@@ -200,18 +198,21 @@ def _solve_stack(matrices, vectors):
         return out
 
 
-def _lu_or_pseudo_inverse(matrix, vector):
-    """LU solve; fall back to the pseudo-inverse for a singular matrix."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+def _lu_or_pseudo_inverse(matrix, vector, condition=None):
+    """LU solve (LAPACK gesv); the pseudo-inverse for a singular matrix.
+
+    A matrix is taken as singular when LAPACK finds an exactly zero pivot,
+    the solution is not finite, or its condition number is beyond what
+    double precision resolves (1 / eps).
+    """
+    if condition is None or condition < 1.0 / np.finfo(np.float64).eps:
         try:
-            lu = scipy.linalg.lu_factor(matrix, check_finite=True)
-            solution = scipy.linalg.lu_solve(lu, vector)
+            solution = np.linalg.solve(matrix, vector)
             if np.all(np.isfinite(solution)):
                 return solution, "lu"
-        except (scipy.linalg.LinAlgWarning, np.linalg.LinAlgError, ValueError):
+        except np.linalg.LinAlgError:
             pass
-    return scipy.linalg.pinv(matrix) @ vector, "pseudo-inverse"
+    return np.linalg.pinv(matrix, hermitian=True) @ vector, "pseudo-inverse"
 
 
 @dataclass
@@ -400,7 +401,7 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_
                    f"max_spatial_condition_number {config.max_spatial_condition_number:.3g}; "
                    "lower spatial_order, use larger cells, or a smaller basis")
             raise KernelSolutionError(msg)
-        solution, solver = _lu_or_pseudo_inverse(reduced_matrix, reduced_vector)
+        solution, solver = _lu_or_pseudo_inverse(reduced_matrix, reduced_vector, condition)
     else:
         condition, solution, solver = 1.0, np.zeros(0), "none"
     if solver != "lu":

@@ -11,6 +11,7 @@ one.
 from dataclasses import dataclass, field
 
 import numpy as np
+from astropy.modeling import Model
 from astropy.nddata import NDData
 from photutils.psf import CircularGaussianPRF, GriddedPSFModel, MoffatPSF
 
@@ -207,7 +208,7 @@ def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, bet
     worst = (-np.inf, 0, (0.0, 0.0))
     for index, (psf, shape) in enumerate(entries):
         x, y = _sample_positions(psf, shape, int(n_samples))
-        stamps = psf.stamps(x, y, psf.native_size(x, y))
+        stamps = psf.stamps(x, y, _moment_size(psf, x, y))
         ixx, iyy, ixy = _second_moments(stamps)
         mean_fwhm = _SIGMA_TO_FWHM * np.sqrt(np.maximum((ixx + iyy) / 2.0, 0.0))
         lam = _largest_eigenvalue(ixx, iyy, ixy)
@@ -248,10 +249,19 @@ def _make_profile(profile, fwhm, beta):
 
 def _round_moment(psf):
     """The smaller eigenvalue of the second-moment matrix of a constant PSF's stamp."""
-    stamps = psf.stamps(np.zeros(1), np.zeros(1), psf.native_size(0.0, 0.0))
+    stamps = psf.stamps(np.zeros(1), np.zeros(1), _moment_size(psf, 0.0, 0.0))
     ixx, iyy, ixy = _second_moments(stamps)
     half_trace = (ixx + iyy) / 2.0
     return float((half_trace - np.sqrt(((ixx - iyy) / 2.0) ** 2 + ixy**2))[0])
+
+
+def _moment_size(psf, x, y):
+    """Stamp size for the moments: twice the natural size.
+
+    The natural size of an analytic model holds 99.9% of its flux, which
+    would bias its second moments low by ~0.3%.
+    """
+    return 2 * psf.native_size(x, y) + 1
 
 
 def _second_moments(stamps):
@@ -296,8 +306,7 @@ def _sample_positions(psf, shape, n_samples):
 
 def _exposure_psfs(psfs, shapes):
     """Validate ``psfs`` and ``shapes``: a list of (_PSF, shape or None)."""
-    if isinstance(psfs, NDData | np.ndarray) or not hasattr(psfs, "__len__") \
-            or isinstance(psfs, str):
+    if isinstance(psfs, NDData | np.ndarray | Model | str) or not hasattr(psfs, "__iter__"):
         msg = (f"psfs must be a sequence with one PSF (or image) per exposure, got "
                f"{type(psfs).__name__}")
         raise TypeError(msg)

@@ -110,3 +110,14 @@ def naive_dilate_box(bad, half, out):
     for y in range(ny):
         for x in range(nx):
             out[y, x] = bad[max(y - half, 0):y + half + 1, max(x - half, 0):x + half + 1].any()
+
+
+# --- weights (astropsfmatch._kernels.weights) ---------------------------------
+
+
+def naive_inverse_variance(variance, mask):
+    """1 / variance where unmasked, finite and > 0, else 0 (NumPy)."""
+    good = ~mask & np.isfinite(variance) & (variance > 0)
+    out = np.zeros_like(variance)
+    out[good] = 1 / variance[good]
+    return out

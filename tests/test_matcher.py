@@ -14,6 +14,7 @@ from astropy.nddata import (
     UnknownUncertainty,
     VarianceUncertainty,
 )
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 from naive import naive_spatially_varying_convolution
 from photutils.psf import CircularGaussianPRF, fit_fwhm
@@ -317,3 +318,28 @@ class TestReprojectCoadd:
         good = ~binary_dilation(out.mask, iterations=2)
         np.testing.assert_allclose(array[good], out.data[good], rtol=1e-10)
         assert (footprint[good] > 0).all()
+
+
+class TestGridAndStamps:
+    def test_spatial_order_lowered_for_a_small_grid(self):
+        image = np.zeros((128, 128))
+        with pytest.warns(AstropyUserWarning, match=r"spatial_order 2 needs at least 3 cells .* "
+                                                    r"using spatial_order 1"):
+            result = match_psf(image, CircularGaussianPRF(fwhm=5.0),
+                               source_psf=CircularGaussianPRF(fwhm=3.0), cell_size=64)
+        assert result.kernel.spatial_order == 1
+        assert result.metadata["spatial"]["order"] == 1
+        assert result.metadata["spatial"]["requested_order"] == 2
+
+    def test_heavy_winged_psf_stamps_are_capped(self):
+        from photutils.psf import AiryDiskPSF
+        result = ModelPsfMatcher(cell_size=64).solve(
+            (192, 192), AiryDiskPSF(radius=2.0), CircularGaussianPRF(fwhm=8.0))
+        assert result[1][0].source.shape == (85, 85)  # 4 * 21 + 1, not 599
+
+    def test_reference_grid_growth(self):
+        result = match_psf(np.zeros((256, 256)), CircularGaussianPRF(fwhm=5.0),
+                           source_psf=CircularGaussianPRF(fwhm=3.0), cell_size=64,
+                           grow_cells=1)
+        assert result.grid.n_cells == (6, 6)
+        assert result.metadata["candidates"]["total"] == 36

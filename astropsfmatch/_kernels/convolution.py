@@ -83,30 +83,43 @@ def dilate_box(bad, half, out):
     ``bad`` pixel lies within ``half`` pixels in x and in y (zero outside the image).
 
     bad (ny, nx) bool; out (ny, nx) bool, overwritten. Two separable passes
-    with running counts: O(1) work per pixel whatever the box size.
+    with running counts, O(1) work per pixel whatever the box size: along x
+    into ``out``, then along y in place, the rows still needed kept in a ring
+    of 2 half + 2 rows.
     """
     n_y, n_x = bad.shape
-    rows = np.empty((n_y, n_x), dtype=np.bool_)
     for y in range(n_y):
+        source = bad[y]
+        target = out[y]
         count = 0
         for x in range(min(half, n_x)):
-            count += bad[y, x]
+            count += source[x]
         for x in range(n_x):
             if x + half < n_x:
-                count += bad[y, x + half]
+                count += source[x + half]
             if x - half - 1 >= 0:
-                count -= bad[y, x - half - 1]
-            rows[y, x] = count > 0
+                count -= source[x - half - 1]
+            target[x] = count > 0
+    n_ring = 2 * half + 2
+    ring = np.empty((n_ring, n_x), dtype=np.bool_)
     counts = np.zeros(n_x, dtype=np.int64)
     for y in range(min(half, n_y)):
+        row = ring[y % n_ring]
+        source = out[y]
         for x in range(n_x):
-            counts[x] += rows[y, x]
+            row[x] = source[x]
+            counts[x] += row[x]
     for y in range(n_y):
         if y + half < n_y:
+            row = ring[(y + half) % n_ring]
+            source = out[y + half]
             for x in range(n_x):
-                counts[x] += rows[y + half, x]
+                row[x] = source[x]
+                counts[x] += row[x]
         if y - half - 1 >= 0:
+            row = ring[(y - half - 1) % n_ring]
             for x in range(n_x):
-                counts[x] -= rows[y - half - 1, x]
+                counts[x] -= row[x]
+        target = out[y]
         for x in range(n_x):
-            out[y, x] = counts[x] > 0
+            target[x] = counts[x] > 0

@@ -18,30 +18,31 @@ def separable_convolve_valid(stamps, x_factors, y_factors, x_index):
 
     stamps (n, S, S); x_factors (nx, K) distinct x profiles; y_factors (nb, K);
     x_index (nb,) which x profile each function uses. Returns (n, nb, V, V).
-    The x pass is shared by every function with the same x profile.
+    The x pass is shared by every function with the same x profile; the
+    innermost loops run along rows so that they vectorize.
     """
     n, size = stamps.shape[0], stamps.shape[1]
     n_x, ksize = x_factors.shape
     n_basis = y_factors.shape[0]
     valid = size - ksize + 1
-    out = np.empty((n, n_basis, valid, valid))
+    out = np.zeros((n, n_basis, valid, valid))
     for c in numba.prange(n):
-        rows = np.empty((n_x, size, valid))
+        rows = np.zeros((n_x, size, valid))
         for f in range(n_x):
             for r in range(size):
-                for x in range(valid):
-                    acc = 0.0
-                    for i in range(ksize):
-                        acc += x_factors[f, i] * stamps[c, r, x + ksize - 1 - i]
-                    rows[f, r, x] = acc
+                for i in range(ksize):
+                    weight = x_factors[f, i]
+                    shift = ksize - 1 - i
+                    for x in range(valid):
+                        rows[f, r, x] += weight * stamps[c, r, x + shift]
         for b in range(n_basis):
             f = x_index[b]
             for y in range(valid):
-                for x in range(valid):
-                    acc = 0.0
-                    for j in range(ksize):
-                        acc += y_factors[b, j] * rows[f, y + ksize - 1 - j, x]
-                    out[c, b, y, x] = acc
+                for j in range(ksize):
+                    weight = y_factors[b, j]
+                    row = y + ksize - 1 - j
+                    for x in range(valid):
+                        out[c, b, y, x] += weight * rows[f, row, x]
     return out
 
 

@@ -1,0 +1,278 @@
+import copy
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from astropsfmatch import SpatialKernel, diagnostics, make_alard_lupton_basis, match_psf
+from astropsfmatch.demo import make_demo_data
+
+Figure = pytest.importorskip("matplotlib.figure").Figure
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return make_demo_data(size=256, seed=2)
+
+
+@pytest.fixture(scope="module")
+def result(demo):
+    """A small match: 256 x 256, 4 x 4 cells of 64 pixels, 27 basis functions."""
+    return match_psf(demo.ccd, demo.target_psf, source_psf=demo.psf_model, cell_size=64)
+
+
+@pytest.fixture(scope="module")
+def result_with_rejected(result):
+    """The same result with two candidates marked rejected."""
+    changed = copy.copy(result)
+    changed.candidates = [dataclasses.replace(c, rejected=True, reason="test")
+                          if k in (0, 5) else c for k, c in enumerate(result.candidates)]
+    return changed
+
+
+def constant_kernel(size=7):
+    basis = make_alard_lupton_basis(size, [1.0], [1])
+    coefficients = np.zeros((3, 1))
+    coefficients[0, 0] = 1.0
+    return SpatialKernel(basis, coefficients, spatial_model="chebyshev1", spatial_order=0,
+                         bbox=(0, 99, 0, 99))
+
+
+class TestCandidates:
+    def test_all_cells_of_a_small_grid(self, result):
+        fig = diagnostics.plot_candidates(result)
+        assert isinstance(fig, Figure)
+        assert result.grid.n_cells == (4, 4)
+        assert len(fig.axes) == 6 * 16  # S, T, M, K, R, Rs per cell
+
+    def test_subset_spread_over_the_grid(self, result):
+        rows, cols, chosen = diagnostics.select_candidates(result, max_per_side=2)
+        assert list(rows) == [0, 3] and list(cols) == [0, 3]  # the corners
+        assert sorted(chosen) == [(0, 0), (0, 3), (3, 0), (3, 3)]
+        fig = diagnostics.plot_candidates(result, max_per_side=2)
+        assert len(fig.axes) == 6 * 4
+
+    def test_spread_includes_ends(self):
+        picked = diagnostics._spread(34, 5)
+        assert len(picked) == 5 and picked[0] == 0 and picked[-1] == 33
+        assert list(diagnostics._spread(3, 5)) == [0, 1, 2]
+
+    def test_rejected_marked_or_hidden(self, result_with_rejected):
+        fig = diagnostics.plot_candidates(result_with_rejected)
+        titles = [ax.get_title(loc="left") for ax in fig.axes]
+        assert sum("rejected" in t for t in titles) == 2
+        hidden = diagnostics.plot_candidates(result_with_rejected, show_rejected=False)
+        assert len(hidden.axes) == 6 * 14
+
+    def test_bad_max_per_side(self, result):
+        with pytest.raises(ValueError, match="max_per_side must be an integer >= 1"):
+            diagnostics.plot_candidates(result, max_per_side=0)
+
+    def test_into_given_figure(self, result):
+        fig = Figure()
+        assert diagnostics.plot_candidates(result, max_per_side=1, figure=fig) is fig
+        assert len(fig.axes) == 6
+
+    def test_spatial_residual(self, result):
+        for cand in result.candidates[::5]:
+            residual = diagnostics.spatial_residual(result, cand)
+            assert residual.shape == cand.fit.residual.shape
+            assert np.abs(residual).max() == pytest.approx(cand.spatial_residual_max, rel=1e-6)
+
+    def test_panels_show_the_stamps_and_kernel(self, result):
+        fig = diagnostics.plot_candidates(result, max_per_side=1)
+        cand = next(c for c in result.candidates if c.index == (0, 0))
+        s, t, m, k, r, rs = (ax.get_images()[0].get_array() for ax in fig.axes)
+        np.testing.assert_allclose(s, cand.source)
+        np.testing.assert_allclose(t, cand.target)
+        np.testing.assert_allclose(m, cand.fit.model)
+        np.testing.assert_allclose(k, result.kernel.evaluate(cand.x, cand.y))
+        np.testing.assert_allclose(r, cand.fit.residual)
+        np.testing.assert_allclose(rs, diagnostics.spatial_residual(result, cand))
+
+
+class TestBasis:
+    def test_one_panel_per_function(self, result):
+        fig = diagnostics.plot_basis(result)
+        assert isinstance(fig, Figure)
+        assert len(fig.axes) == result.kernel.n_basis == 27
+        assert fig.axes[0].get_title() == "B0 σ=0.7 u0v0"
+        assert fig.axes[26].get_title() == "B26 σ=3 u2v0"
+
+    def test_first_functions_of_a_kernel(self, result):
+        fig = diagnostics.plot_basis(result.kernel, max_functions=5)
+        assert len(fig.axes) == 5
+        assert fig.axes[1].get_title() == "B1"
+
+    def test_not_a_result(self):
+        with pytest.raises(TypeError, match="result must be a MatchResult or a SpatialKernel"):
+            diagnostics.plot_basis(np.zeros((3, 5, 5)))
+
+
+class TestKernelMosaic:
+    def test_grid_of_kernels_and_colour_bar(self, result):
+        fig = diagnostics.plot_kernel_mosaic(result)
+        assert isinstance(fig, Figure)
+        assert len(fig.axes) == 5 * 5 + 1
+
+    def test_positions_and_values(self, result):
+        fig = diagnostics.plot_kernel_mosaic(result, n=2)
+        assert len(fig.axes) == 2 * 2 + 1
+        # first panel: the kernel at (0, 0), at the bottom left
+        image = fig.axes[0].get_images()[0].get_array()
+        np.testing.assert_allclose(image, result.kernel.evaluate(0.0, 0.0))
+        assert fig.axes[0].get_title() == "x=0 y=0"
+
+    def test_difference_from_centre(self, result):
+        fig = diagnostics.plot_kernel_mosaic(result, n=3, difference=True)
+        centre = fig.axes[4].get_images()[0].get_array()  # middle panel: the centre itself
+        np.testing.assert_allclose(centre, 0.0, atol=1e-15)
+
+    def test_kernel_needs_shape(self, result):
+        with pytest.raises(ValueError, match=r"shape=\(ny, nx\) is required"):
+            diagnostics.plot_kernel_mosaic(result.kernel)
+        fig = diagnostics.plot_kernel_mosaic(result.kernel, shape=(256, 256), n=2)
+        assert len(fig.axes) == 5
+
+    def test_bad_shape(self, result):
+        with pytest.raises(ValueError, match="shape must be a pair"):
+            diagnostics.plot_kernel_mosaic(result.kernel, shape=(256,))
+
+
+class TestSpatialCoefficients:
+    def test_most_varying_maps_with_colour_bars(self, result):
+        fig = diagnostics.plot_spatial_coefficients(result)
+        assert isinstance(fig, Figure)
+        assert len(fig.axes) == 2 * 12
+        titles = [ax.get_title() for ax in fig.axes[::2]]
+        shown = [int(t.rsplit("B", 1)[1]) for t in titles]
+        assert shown == sorted(shown) and 0 not in shown
+
+    def test_chosen_functions(self, result):
+        fig = diagnostics.plot_spatial_coefficients(result, functions=[2, 4], resolution=8)
+        assert len(fig.axes) == 4
+        assert [ax.get_title() for ax in fig.axes[::2]] == ["coefficient of B2",
+                                                            "coefficient of B4"]
+        values = fig.axes[0].get_images()[0].get_array()
+        assert values.shape == (8, 8)
+
+    def test_candidates_overplotted(self, result_with_rejected):
+        fig = diagnostics.plot_spatial_coefficients(result_with_rejected, functions=[2])
+        good, bad = fig.axes[0].collections
+        assert len(good.get_offsets()) == 14 and len(bad.get_offsets()) == 2
+
+    def test_constant_kernel(self):
+        fig = diagnostics.plot_spatial_coefficients(constant_kernel(), shape=(100, 100))
+        assert len(fig.axes) == 2 * 2  # B1 and B2, constant: shown anyway
+
+    def test_bad_functions(self, result):
+        with pytest.raises(ValueError, match=r"functions must be indices .* in \[0, 26\]"):
+            diagnostics.plot_spatial_coefficients(result, functions=[27])
+
+
+class TestCells:
+    def test_one_axes_over_the_input(self, result, demo):
+        fig = diagnostics.plot_cells(result, demo.ccd)
+        assert isinstance(fig, Figure)
+        assert len(fig.axes) == 1
+        ax = fig.axes[0]
+        assert len(ax.patches) == 16 + 1  # cells and the image outline
+        assert len(ax.get_images()) == 2  # the image and its mask overlay
+
+    def test_matched_image_by_default(self, result):
+        fig = diagnostics.plot_cells(result, show_mask=False)
+        np.testing.assert_allclose(fig.axes[0].get_images()[0].get_array(),
+                                   result.matched.data, equal_nan=True)
+
+    def test_rejected_in_legend(self, result_with_rejected):
+        fig = diagnostics.plot_cells(result_with_rejected)
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert labels == ["used (14)", "rejected (2)"]
+
+    def test_wrong_image_shape(self, result):
+        with pytest.raises(ValueError, match="image must have the shape of the matched image"):
+            diagnostics.plot_cells(result, np.zeros((10, 10)))
+
+
+class TestSaveDiagnostics:
+    def test_writes_pngs_and_keeps_existing_files(self, result, demo, tmp_path):
+        folder = tmp_path / "new" / "figures"
+        paths = result.save_diagnostics(folder, demo.ccd, dpi=30)
+        assert [p.name for p in paths] == list(diagnostics.DIAGNOSTIC_FILES.values())
+        for path in paths:
+            assert path.read_bytes()[:8] == PNG_SIGNATURE
+        before = {p.name: p.read_bytes() for p in paths}
+        with pytest.raises(FileExistsError, match="cells.png, .*already exist"):
+            diagnostics.save_diagnostics(result, folder)
+        assert {p.name: p.read_bytes() for p in paths} == before
+
+    def test_nothing_written_when_one_file_exists(self, result, tmp_path):
+        (tmp_path / "basis.png").write_text("keep")
+        with pytest.raises(FileExistsError, match="basis.png already exist"):
+            diagnostics.save_diagnostics(result, tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["basis.png"]
+        assert (tmp_path / "basis.png").read_text() == "keep"
+
+    def test_overwrite(self, result, tmp_path, monkeypatch):
+        def tiny(*args, **kwargs):
+            return Figure(figsize=(1, 1))
+
+        for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
+                     "plot_spatial_coefficients"):
+            monkeypatch.setattr(diagnostics, name, tiny)
+        (tmp_path / "basis.png").write_text("replace me")
+        paths = diagnostics.save_diagnostics(result, tmp_path, overwrite=True, dpi=10)
+        assert len(paths) == 5
+        assert (tmp_path / "basis.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+class TestMatchResultMethods:
+    @pytest.mark.parametrize(("method", "options", "n_axes"), [
+        ("plot_candidates", {"max_per_side": 1}, 6),
+        ("plot_basis", {"max_functions": 2}, 2),
+        ("plot_kernel_mosaic", {"n": 1}, 2),
+        ("plot_spatial_coefficients", {"functions": [1], "resolution": 4}, 2),
+        ("plot_cells", {"show_mask": False}, 1)])
+    def test_delegate(self, result, method, options, n_axes):
+        fig = getattr(result, method)(**options)
+        assert isinstance(fig, Figure)
+        assert len(fig.axes) == n_axes
+
+    def test_cells_over_an_array(self, result, demo):
+        assert len(result.plot_cells(demo.ccd.data).axes) == 1
+
+
+def test_matplotlib_is_optional_and_pyplot_never_used():
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"  # as if matplotlib were not installed
+        "import astropsfmatch.diagnostics as d, astropsfmatch.cli, astropsfmatch.demo\n"
+        "try:\n"
+        "    d.save_diagnostics(None, 'never-written')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "del sys.modules['matplotlib']\n"
+        "sys.modules['matplotlib.pyplot'] = None\n"  # any pyplot import would fail
+        "import io\n"
+        "import numpy as np\n"
+        "from astropsfmatch import SpatialKernel, make_alard_lupton_basis\n"
+        "basis = make_alard_lupton_basis(7, [1.0], [1])\n"
+        "c = np.zeros((3, 3)); c[0, 0] = 1; c[1, 1] = 0.1\n"
+        "k = SpatialKernel(basis, c, spatial_model='chebyshev1', spatial_order=1,"
+        " bbox=(0, 99, 0, 99))\n"
+        "for f in (d.plot_basis(k), d.plot_kernel_mosaic(k, shape=(100, 100), n=2),"
+        " d.plot_spatial_coefficients(k, shape=(100, 100))):\n"
+        "    f.savefig(io.BytesIO(), format='png')\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == [
+        "the diagnostic figures need matplotlib: pip install matplotlib", "ok"]
