@@ -146,7 +146,9 @@ def _psf_argument(text):
         try:
             return parse_psf_spec(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            known = text.partition(":")[0].strip().lower() in _SPEC_PARAMETERS
+            hint = "" if known else f" (and there is no file {text!r})"
+            raise argparse.ArgumentTypeError(f"{exc}{hint}") from None
     if not text.strip():
         msg = "expected a FITS file or a spec such as 'gaussian:fwhm=4.5'"
         raise argparse.ArgumentTypeError(msg)
@@ -177,9 +179,7 @@ def _read_psf_file(path, option):
         from photutils.psf import GriddedPSFModel
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # format probing emits unrelated warnings
-                model = GriddedPSFModel.read(path)
+            model = GriddedPSFModel.read(path)
         except Exception as exc:  # noqa: BLE001 - any reader failure is reported
             msg = (f"{option} {path}: a 3-D PSF must be a PSF grid readable by photutils "
                    f"GriddedPSFModel.read (STDPSF or WebbPSF format): {_one_line(exc)}")
@@ -381,6 +381,11 @@ def _add_logging_options(parser):
 
 
 def _build_parser():
+    from .config import MatchConfig
+
+    defaults = MatchConfig()
+    cell = defaults.cell_size
+    cell = str(cell[0]) if cell[0] == cell[1] else f"{cell[0]},{cell[1]}"
     parser = _Parser(
         prog=_PROG,
         description=("Spatially varying PSF matching of astronomical images: convolve an image "
@@ -414,11 +419,12 @@ def _build_parser():
                              "else adu); overrides BUNIT when given"))
     solve = match.add_argument_group("kernel options (MatchConfig fields)")
     solve.add_argument("--kernel-size", type=_positive_odd, metavar="N",
-                       help="kernel side in pixels, odd (default 21)")
+                       help=f"kernel side in pixels, odd (default {defaults.kernel_size})")
     solve.add_argument("--spatial-order", type=_non_negative_int, metavar="N",
-                       help="polynomial order of the kernel variation (default 2)")
+                       help=("polynomial order of the kernel variation (default "
+                             f"{defaults.spatial_order})"))
     solve.add_argument("--cell-size", type=_cell_size, metavar="N|NY,NX",
-                       help="cell size in pixels, each >= 32 (default 128)")
+                       help=f"cell size in pixels, each >= 32 (default {cell})")
     solve.add_argument("--kernel-sum", type=_positive_float, default=1.0, metavar="X",
                        help="sum of the kernel (default 1; the convolution is normalized by it)")
     solve.add_argument("--config", type=Path, metavar="FILE",

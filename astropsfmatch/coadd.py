@@ -1,5 +1,6 @@
 """Co-add PSF-matched exposures with reproject: inverse-variance weighted mean and its variance."""
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from .nddata import (
     _variance_from,
     inverse_variance_weights,
 )
+from .parallel import ManyResult
 from .psf import _as_psf, _resize_centred
 
 __all__ = ["coadd"]
@@ -269,8 +271,8 @@ def coadd(matched, output_wcs, shape_out=None, *, combine="mean", weights=None,
         uncertainty = None
     coadd_psf = _coadd_psf(psf, scan, wcs_out)
     meta = _record(scan, n, combine, mode, reproject_function)
-    result = CCDData(data, unit=scan["unit"], uncertainty=uncertainty, mask=mask, wcs=wcs_out,
-                     meta=meta, psf=coadd_psf)
+    result = CCDData(data, unit=scan["unit"], uncertainty=uncertainty, mask=mask,
+                     wcs=copy.deepcopy(wcs_out), meta=meta, psf=coadd_psf)
     result.footprint = coverage
     log.debug(f"coadd: {n} input(s) on a {shape_out} grid, {mode} weights, "
               f"{int(good.sum())} pixels covered")
@@ -278,9 +280,7 @@ def coadd(matched, output_wcs, shape_out=None, *, combine="mean", weights=None,
 
 
 def _check_items(matched):
-    # a ManyResult: its successful results (avoid importing parallel: duck-type)
-    if hasattr(matched, "results") and hasattr(matched, "errors") \
-            and hasattr(matched, "matched"):
+    if isinstance(matched, ManyResult):
         matched = matched.matched
     if isinstance(matched, NDData | MatchResult | str | os.PathLike) \
             or not hasattr(matched, "__len__"):

@@ -14,7 +14,8 @@ from astropy.nddata import CCDData, NDData
 
 from ._logging import log
 from .config import MatchConfig
-from .matcher import ModelPsfMatcher
+from .matcher import ModelPsfMatcher, _check_kernel_sum
+from .psf import _as_psf
 
 __all__ = ["ManyResult", "match_many"]
 
@@ -163,10 +164,12 @@ def match_many(images, target_psf, *, source_psfs=None, config=None, client=None
     Raises
     ------
     TypeError
-        ``images`` is not a sequence, ``config`` not a MatchConfig, or
-        ``client`` not a dask client.
+        ``images`` is not a sequence, ``config`` not a MatchConfig,
+        ``client`` not a dask client, or ``target_psf`` not a PSF.
     ValueError
-        ``source_psfs`` or ``names`` of the wrong length, or repeated names.
+        ``source_psfs`` or ``names`` of the wrong length, repeated names, a
+        bad ``target_psf`` or ``kernel_sum``. (Problems of single exposures
+        are not raised: they are recorded in the result.)
 
     Notes
     -----
@@ -202,6 +205,9 @@ def match_many(images, target_psf, *, source_psfs=None, config=None, client=None
     elif not isinstance(config, MatchConfig):
         msg = f"config must be a MatchConfig or None, got {type(config).__name__}"
         raise TypeError(msg)
+    # shared inputs: a problem here is the caller's, not one exposure's
+    _as_psf(target_psf, name="target_psf", psf_size=config.psf_size)
+    kernel_sum = _check_kernel_sum(kernel_sum)
     read_kwargs = dict(read_kwargs or {})
     names = _exposure_names(images, names)
     outputs = [None] * n
@@ -261,7 +267,7 @@ def _run_on_client(client, tasks, collect):
         image, *rest = tasks[index]
         if not _is_path(image):
             # sent now, to the cluster's memory, rather than embedded in the task graph
-            image = client.scatter(image, hash=False)
+            [image] = client.scatter([image], hash=False)
         future = client.submit(_match_one, image, *rest, key=f"match_many-{token}-{index}",
                                pure=False)
         live[future.key] = (index, future)

@@ -66,6 +66,17 @@ def write_science(path, *, uncertainty=True, mask=True, psf=True, bunit="electro
 
 
 @pytest.fixture
+def quick_figures(monkeypatch):
+    """Tiny stand-ins for the figures: their content is tested in test_diagnostics."""
+    figure = pytest.importorskip("matplotlib.figure")
+    from astropsfmatch import diagnostics
+
+    for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
+                 "plot_spatial_coefficients"):
+        monkeypatch.setattr(diagnostics, name, lambda *a, **k: figure.Figure(figsize=(1, 1)))
+
+
+@pytest.fixture
 def science(tmp_path):
     return write_science(tmp_path / "science.fits")
 
@@ -216,8 +227,7 @@ class TestMatch:
         assert status == 0, err
         assert fits.getheader(output)["PSFMATCH"] is True
 
-    def test_diagnostics(self, science, tmp_path, capsys):
-        pytest.importorskip("matplotlib")
+    def test_diagnostics(self, science, tmp_path, capsys, quick_figures):
         output, folder = tmp_path / "out.fits", tmp_path / "figs"
         status, _, err = run(["match", science, "-t", "gaussian:fwhm=4.5", "-o", output,
                               "--diagnostics", folder, "--kernel-size", "11"], capsys)

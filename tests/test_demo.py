@@ -13,6 +13,17 @@ from astropsfmatch.psf import _as_psf
 FITS_FILES = ["kernel.fits", "matched.fits", "science.fits", "weights.fits"]
 
 
+@pytest.fixture
+def quick_figures(monkeypatch):
+    """Tiny stand-ins for the figures: their content is tested in test_diagnostics."""
+    figure = pytest.importorskip("matplotlib.figure")
+    from astropsfmatch import diagnostics
+
+    for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
+                 "plot_spatial_coefficients"):
+        monkeypatch.setattr(diagnostics, name, lambda *a, **k: figure.Figure(figsize=(1, 1)))
+
+
 @pytest.fixture(scope="module")
 def demo():
     return make_demo_data(size=256, seed=4)
@@ -131,8 +142,7 @@ def test_matching_makes_every_star_the_target_width(demo):
 
 
 class TestDemoCommand:
-    def test_writes_everything_and_prints_a_summary(self, tmp_path, capsys):
-        pytest.importorskip("matplotlib")
+    def test_writes_everything_and_prints_a_summary(self, tmp_path, capsys, quick_figures):
         folder = tmp_path / "demo"
         assert main(["demo", "--output", str(folder), "--size", "128", "--seed", "1"]) == 0
         out, err = capsys.readouterr()

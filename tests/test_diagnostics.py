@@ -28,10 +28,10 @@ def result(demo):
 
 @pytest.fixture(scope="module")
 def result_with_rejected(result):
-    """The same result with two candidates marked rejected."""
+    """The same result with two candidates marked rejected: cells (0, 0) and (3, 3)."""
     changed = copy.copy(result)
     changed.candidates = [dataclasses.replace(c, rejected=True, reason="test")
-                          if k in (0, 5) else c for k, c in enumerate(result.candidates)]
+                          if k in (0, 15) else c for k, c in enumerate(result.candidates)]
     return changed
 
 
@@ -63,11 +63,14 @@ class TestCandidates:
         assert list(diagnostics._spread(3, 5)) == [0, 1, 2]
 
     def test_rejected_marked_or_hidden(self, result_with_rejected):
-        fig = diagnostics.plot_candidates(result_with_rejected)
+        fig = diagnostics.plot_candidates(result_with_rejected, max_per_side=2)
         titles = [ax.get_title(loc="left") for ax in fig.axes]
         assert sum("rejected" in t for t in titles) == 2
-        hidden = diagnostics.plot_candidates(result_with_rejected, show_rejected=False)
-        assert len(hidden.axes) == 6 * 14
+        frames = {ax.spines["left"].get_edgecolor() for ax in fig.axes}
+        assert len(frames) == 2  # green and red
+        hidden = diagnostics.plot_candidates(result_with_rejected, max_per_side=2,
+                                             show_rejected=False)
+        assert len(hidden.axes) == 6 * 2
 
     def test_bad_max_per_side(self, result):
         with pytest.raises(ValueError, match="max_per_side must be an integer >= 1"):

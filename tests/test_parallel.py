@@ -146,10 +146,12 @@ class TestFailures:
         assert any("exposure 'exposure 2' failed: ValueError" in m for m in messages)
         assert repr(many).startswith("<ManyResult 4 exposure(s): 2 matched, 2 failed, ")
 
-    def test_bad_target_fails_every_exposure(self, images):
-        many = match_many(images[:2], "not a psf", config=CONFIG, progress=False)
+    def test_a_failing_solution(self, images):
+        # a kernel too large for the PSF stamps fails every exposure, each reported
+        config = CONFIG.replace(kernel_size=41, auto_pad_psf=False)
+        many = match_many(images[:2], TARGET, config=config, progress=False)
         assert many.failed == [0, 1]
-        assert all(m.startswith("TypeError: target_psf must be") for m in many.errors.values())
+        assert all(m.startswith("ValueError: ") for m in many.errors.values())
 
 
 class TestOutputDir:
@@ -290,7 +292,7 @@ class TestDask:
 
 
 class TestErrors:
-    @pytest.mark.parametrize("images", [make_image(0), "a.fits", 3])
+    @pytest.mark.parametrize("images", [make_image(0), "a.fits", 3, CircularGaussianPRF()])
     def test_images_not_a_sequence(self, images):
         with pytest.raises(TypeError, match="images must be a sequence of CCDData"):
             match_many(images, TARGET)
@@ -312,6 +314,15 @@ class TestErrors:
         pytest.importorskip("distributed")
         with pytest.raises(TypeError, match="client must be a dask.distributed.Client or None"):
             match_many(images, TARGET, client="tcp://localhost:8786", progress=False)
+
+    def test_target_psf(self, images):
+        with pytest.raises(TypeError, match="target_psf must be a photutils PSF model"):
+            match_many(images, "not a psf")
+
+    @pytest.mark.parametrize("kernel_sum", [0.0, -1.0, np.nan, "1"])
+    def test_kernel_sum(self, images, kernel_sum):
+        with pytest.raises(ValueError, match="kernel_sum must be a finite number > 0"):
+            match_many(images, TARGET, kernel_sum=kernel_sum)
 
     def test_names(self, images):
         with pytest.raises(ValueError, match=r"names must have one entry per exposure"):
