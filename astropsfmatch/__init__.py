@@ -17,7 +17,7 @@ from .basis import (  # noqa: F401
     make_delta_function_basis,
 )
 from .cells import Candidate, CandidateFit, CellGrid  # noqa: F401
-from .coadd import coadd  # noqa: F401
+from .coaddition import coadd  # noqa: F401
 from .config import MatchConfig  # noqa: F401
 from .convolve import ConvolvedImage, convolve_spatially_varying  # noqa: F401
 from .kernel import SpatialKernel  # noqa: F401

@@ -7,6 +7,7 @@ The spatially varying convolution is therefore a weighted sum of ordinary
 convolutions, which FFTs compute exactly — no kernel interpolation.
 """
 
+import numbers
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +69,7 @@ def _check_workers(workers):
             return max(len(os.sched_getaffinity(0)), 1)
         except AttributeError:  # pragma: no cover - not on Linux
             return os.cpu_count() or 1
-    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         msg = f"workers must be None or an integer >= 1, got {workers!r}"
         raise ValueError(msg)
     return int(workers)

@@ -9,6 +9,7 @@ import numpy as np
 from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
+from ._kernels._threads import numba_threads
 from ._logging import log
 from .basis import alard_lupton_sigmas
 from .cells import Candidate, CellGrid, psf_stamp_size
@@ -205,7 +206,7 @@ class ModelPsfMatcher:
         return KernelBasis.alard_lupton(config.kernel_size, config.alard_sigmas,
                                         config.alard_degrees, mode="config")
 
-    def solve(self, shape, source_psf, target_psf, *, kernel_sum=1.0):
+    def solve(self, shape, source_psf, target_psf, *, kernel_sum=1.0, workers=None):
         """Solve the matching kernel for an image shape without convolving anything.
 
         Returns ``(solution, candidates, grid, target_stamp, timings)``; used
@@ -213,6 +214,10 @@ class ModelPsfMatcher:
         """
         config = self.config
         kernel_sum = _check_kernel_sum(kernel_sum)
+        if workers is not None and (isinstance(workers, bool)
+                                    or not isinstance(workers, numbers.Integral) or workers < 1):
+            msg = f"workers must be None or an integer >= 1, got {workers!r}"
+            raise ValueError(msg)
         timings = {}
         t0 = time.perf_counter()
         source = _as_psf(source_psf, name="source_psf", psf_size=config.psf_size)
@@ -241,8 +246,9 @@ class ModelPsfMatcher:
                   f"{basis.n_basis} basis functions of {basis.size}x{basis.size}")
 
         t0 = time.perf_counter()
-        solution = solve_spatial_kernel(sources, targets, x, y, basis=basis, config=config,
-                                        bbox=grid.bbox, kernel_sum=kernel_sum)
+        with numba_threads(workers):
+            solution = solve_spatial_kernel(sources, targets, x, y, basis=basis, config=config,
+                                            bbox=grid.bbox, kernel_sum=kernel_sum)
         timings["kernel_solution"] = time.perf_counter() - t0
         index = [(iy, ix) for iy in range(grid.n_cells[0]) for ix in range(grid.n_cells[1])]
         candidates = []
@@ -254,7 +260,7 @@ class ModelPsfMatcher:
                 spatial_residual_max=float(solution.spatial_residual_max[k])))
         return solution, candidates, grid, target_stamp, timings
 
-    def match(self, image, target_psf, *, source_psf=None, kernel_sum=1.0):
+    def match(self, image, target_psf, *, source_psf=None, kernel_sum=1.0, workers=None):
         """Convolve ``image`` so that its PSF becomes ``target_psf`` everywhere.
 
         Parameters
@@ -270,6 +276,10 @@ class ModelPsfMatcher:
         kernel_sum : float, optional
             Sum of the solved kernel (the reference task's factor). The
             image convolution is normalized by it, so fluxes are conserved.
+        workers : int, optional
+            Threads to use (numba loops and FFTs); default all the CPUs.
+            Set it when running several matches at once on one machine
+            (`match_many` sets it to each dask worker's thread count).
 
         Returns
         -------
@@ -286,11 +296,13 @@ class ModelPsfMatcher:
         start = time.perf_counter()
         parsed = parse_image(image, source_psf)
         solution, candidates, grid, target_stamp, timings = self.solve(
-            parsed.data.shape, parsed.psf, target_psf, kernel_sum=kernel_sum)
+            parsed.data.shape, parsed.psf, target_psf, kernel_sum=kernel_sum, workers=workers)
 
         t0 = time.perf_counter()
-        convolved = convolve_spatially_varying(parsed.data, solution.kernel,
-                                               variance=parsed.variance, mask=parsed.mask)
+        with numba_threads(workers):
+            convolved = convolve_spatially_varying(parsed.data, solution.kernel,
+                                                   variance=parsed.variance, mask=parsed.mask,
+                                                   workers=workers)
         timings["convolution"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -298,7 +310,8 @@ class ModelPsfMatcher:
         record = self._record(metadata, target_psf)
         matched = build_matched_ccd(parsed, convolved.data, convolved.variance, convolved.mask,
                                     target_stamp=target_stamp, record=record)
-        weights = inverse_variance_weights(convolved.variance, convolved.mask)
+        with numba_threads(workers):
+            weights = inverse_variance_weights(convolved.variance, convolved.mask)
         timings["output"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         metadata["timings"] = timings

@@ -68,7 +68,8 @@ def parse_image(image, source_psf=None):
     Parameters
     ----------
     image : `~astropy.nddata.CCDData`, `~astropy.nddata.NDData` or 2-D array
-        The image to match.
+        The image to match (a `~numpy.ma.MaskedArray` gives its mask, a
+        `~astropy.units.Quantity` its unit).
     source_psf : optional
         Its PSF; when None, ``image.psf`` is used.
 
@@ -84,16 +85,19 @@ def parse_image(image, source_psf=None):
         Not 2-D, mismatched mask or uncertainty, or no PSF at all.
     """
     if isinstance(image, NDData):
-        data = np.asanyarray(image.data)
+        data = np.asarray(image.data)
         unit, wcs, meta, psf = image.unit, image.wcs, image.meta, image.psf
         mask = image.mask
         uncertainty = image.uncertainty
     elif isinstance(image, np.ndarray | list | tuple) or hasattr(image, "__array__"):
+        mask = None
         if isinstance(image, u.Quantity):
             data, unit = image.value, image.unit
+        elif isinstance(image, np.ma.MaskedArray):
+            data, unit, mask = image.data, None, np.ma.getmaskarray(image)
         else:
-            data, unit = np.asanyarray(image), None
-        wcs, meta, psf, mask, uncertainty = None, {}, None, None, None
+            data, unit = np.asarray(image), None
+        wcs, meta, psf, uncertainty = None, {}, None, None
     else:
         msg = f"image must be a CCDData, NDData or 2-D array, got {type(image).__name__}"
         raise TypeError(msg)

@@ -205,6 +205,8 @@ def match_many(images, target_psf, *, source_psfs=None, config=None, client=None
     elif not isinstance(config, MatchConfig):
         msg = f"config must be a MatchConfig or None, got {type(config).__name__}"
         raise TypeError(msg)
+    if client is not None:
+        _check_client(client)
     # shared inputs: a problem here is the caller's, not one exposure's
     _as_psf(target_psf, name="target_psf", psf_size=config.psf_size)
     kernel_sum = _check_kernel_sum(kernel_sum)
@@ -250,14 +252,8 @@ def match_many(images, target_psf, *, source_psfs=None, config=None, client=None
 
 def _run_on_client(client, tasks, collect):
     """Submit one task per exposure, a bounded number at a time; collect as they complete."""
-    try:
-        from distributed import Client, as_completed
-    except ImportError as exc:  # pragma: no cover - a client implies distributed
-        msg = "client= needs dask.distributed (pip install 'dask[distributed]')"
-        raise ImportError(msg) from exc
-    if not isinstance(client, Client):
-        msg = f"client must be a dask.distributed.Client or None, got {type(client).__name__}"
-        raise TypeError(msg)
+    from distributed import as_completed
+
     token = uuid.uuid4().hex[:12]
     nthreads = sum(client.nthreads().values())
     window = max(_TASKS_PER_THREAD * nthreads, 1)
@@ -292,6 +288,32 @@ def _run_on_client(client, tasks, collect):
             client.cancel([future for _, future in live.values()])
 
 
+def _check_client(client):
+    try:
+        from distributed import Client
+    except ImportError as exc:  # pragma: no cover - a client implies distributed
+        msg = "client= needs dask.distributed (pip install 'dask[distributed]')"
+        raise ImportError(msg) from exc
+    if not isinstance(client, Client):
+        msg = f"client must be a dask.distributed.Client or None, got {type(client).__name__}"
+        raise TypeError(msg)
+
+
+def _worker_threads():
+    """Threads of the dask worker running this task (None outside a worker).
+
+    Each match would otherwise use every core, and the tasks running at once
+    on one machine would oversubscribe it.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    return int(getattr(worker, "nthreads", None) or worker.state.nthreads)
+
+
 def _match_one(image, target_psf, source_psf, config, kernel_sum, outputs, overwrite,
                read_kwargs):
     """Read (if a path), match and (with outputs) write one exposure; never raises."""
@@ -305,7 +327,7 @@ def _match_one(image, target_psf, source_psf, config, kernel_sum, outputs, overw
         if _is_path(image):
             image = CCDData.read(image, **read_kwargs)
         result = ModelPsfMatcher(config).match(image, target_psf, source_psf=source_psf,
-                                               kernel_sum=kernel_sum)
+                                               kernel_sum=kernel_sum, workers=_worker_threads())
         if outputs is None:
             return _Outcome(ok=True, result=result, duration=time.perf_counter() - start)
         matched_path, kernel_path = outputs

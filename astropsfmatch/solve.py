@@ -9,7 +9,6 @@ constant held at ``kernel_sum``, and the others are solved from the sum over
 candidates of ``M ⊗ p p^T``.
 """
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -25,6 +24,10 @@ from .spatial import spatial_terms
 
 __all__ = ["KernelBasis", "KernelSolutionError", "SpatialSolution", "regularization_matrix",
            "solve_spatial_kernel"]
+
+
+#: Shares of candidates accumulated separately in the spatial fit.
+_SPATIAL_SHARES = 16
 
 
 class KernelSolutionError(RuntimeError):
@@ -287,8 +290,7 @@ def _pca_basis(kernels, n_components, subtract_mean):
     return renormalized
 
 
-def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_sum=1.0,
-                         workers=None):
+def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_sum=1.0):
     """Solve the spatially varying kernel from PSF stamp pairs.
 
     Parameters
@@ -307,8 +309,6 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_
         ``(xmin, xmax, ymin, ymax)`` over which positions are normalized.
     kernel_sum : float
         Sum of the returned kernel at every position.
-    workers : int, optional
-        Threads for the accumulation (default: numba's thread count).
 
     Returns
     -------
@@ -386,7 +386,9 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_
     terms = np.ascontiguousarray(spatial_terms(xn, yn, config.spatial_order,
                                                config.spatial_model).T)
     use = ~rejected
-    n_chunks = int(workers or os.cpu_count() or 1)
+    # a fixed number of shares, summed in a fixed order: the result does not
+    # depend on how many threads run them
+    n_chunks = min(_SPATIAL_SHARES, max(int(use.sum()), 1))
     sp_matrix, sp_vector = fitting.accumulate_spatial(
         np.ascontiguousarray(matrices[use]), np.ascontiguousarray(vectors[use]),
         np.ascontiguousarray(terms[use]), n_chunks)

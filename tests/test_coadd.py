@@ -1,4 +1,4 @@
-"""Tests of astropsfmatch.coadd, and of the whole co-addition workflow.
+"""Tests of astropsfmatch.coaddition, and of the whole co-addition workflow.
 
 common_target_psf -> match_many (serially and on a dask LocalCluster) -> coadd.
 """
@@ -22,7 +22,7 @@ from astropy.wcs import WCS
 from photutils.psf import CircularGaussianPRF, GriddedPSFModel, fit_fwhm
 
 from astropsfmatch import MatchConfig, MatchResult
-from astropsfmatch.coadd import coadd
+from astropsfmatch.coaddition import coadd
 from astropsfmatch.parallel import match_many
 from astropsfmatch.target import common_target_psf
 

@@ -105,6 +105,7 @@ BAD_VALUES = [
     ("lambda_type", "Absolute", "one of 'absolute', 'relative'"),
     ("lambda_value", -0.2, "a finite number >= 0"),
     ("lambda_value", np.nan, "a finite number >= 0"),
+    ("lambda_value", 10**400, "a finite number >= 0"),
     ("lambda_scaling", 0.0, "a finite number > 0"),
     ("max_condition_number", 0.0, "None or a finite number > 0"),
     ("max_condition_number", "5e7", "None or a finite number > 0"),

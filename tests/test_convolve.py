@@ -485,7 +485,7 @@ class TestErrors:
         with pytest.raises(ValueError, match="needs a finite non-zero kernel sum, got 0.0"):
             convolve_spatially_varying(np.zeros((10, 10)), kernel)
 
-    @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+    @pytest.mark.parametrize("workers", [0, -1, 1.5, 2.0, True, "2"])
     def test_workers(self, workers):
         with pytest.raises(ValueError, match="workers must be None or an integer >= 1"):
             convolve_spatially_varying(np.zeros((10, 10)), make_kernel(0, size=3),

@@ -343,3 +343,26 @@ class TestGridAndStamps:
                            grow_cells=1)
         assert result.grid.n_cells == (6, 6)
         assert result.metadata["candidates"]["total"] == 36
+
+
+class TestWorkers:
+    def test_single_thread_gives_the_same_result(self, small_match, varying_psf):
+        ccd, result = small_match
+        one = ModelPsfMatcher(cell_size=64).match(ccd, CircularGaussianPRF(fwhm=TARGET_FWHM),
+                                                  source_psf=varying_psf, workers=1)
+        np.testing.assert_allclose(one.matched.data, result.matched.data, rtol=1e-12,
+                                   equal_nan=True)
+
+    @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+    def test_bad_workers(self, bad):
+        with pytest.raises(ValueError, match="workers must be None or an integer >= 1"):
+            ModelPsfMatcher().solve((256, 256), gaussian_stamp(11, 2.0), gaussian_stamp(11, 3.0),
+                                    workers=bad)
+
+
+def test_masked_array_input_keeps_its_mask():
+    data = np.ma.MaskedArray(np.ones((192, 192)), mask=np.zeros((192, 192), bool))
+    data.mask[90, 90] = True
+    out = match_psf(data, CircularGaussianPRF(fwhm=5.0), source_psf=gaussian_stamp(15, 1.5),
+                    cell_size=64).matched
+    assert out.mask[90, 90] and out.mask[100, 100] and not out.mask[120, 120]
