@@ -26,10 +26,6 @@ __all__ = ["KernelBasis", "KernelSolutionError", "SpatialSolution", "regularizat
            "solve_spatial_kernel"]
 
 
-#: Shares of candidates accumulated separately in the spatial fit.
-_SPATIAL_SHARES = 16
-
-
 class KernelSolutionError(RuntimeError):
     """The kernel could not be solved (e.g. ill-conditioned beyond the allowed maximum)."""
 
@@ -59,8 +55,12 @@ class KernelBasis:
         return self.images.shape[0]
 
     def convolve(self, stamps):
-        """Valid-region convolutions of stamps (n, S, S) with every basis image: (n, nb, V, V)."""
-        stamps = np.ascontiguousarray(stamps, dtype=np.float64)
+        """Valid-region convolutions of stamps (n, S, S) with every basis image.
+
+        Returns an array of shape (nb, V, V, n): candidate-last, the layout of
+        the fitting kernels.
+        """
+        stamps = np.ascontiguousarray(np.moveaxis(np.asarray(stamps, dtype=np.float64), 0, -1))
         return self._convolve(stamps)
 
     @classmethod
@@ -75,9 +75,8 @@ class KernelBasis:
 
         def convolve(stamps):
             raw = fitting.separable_convolve_valid(stamps, distinct, y_factors, x_index)
-            n, n_raw, valid = raw.shape[0], raw.shape[1], raw.shape[2]
-            out = matrix @ raw.reshape(n, n_raw, valid * valid)
-            return out.reshape(n, -1, valid, valid)
+            # the renormalization is linear: one matrix product over all pixels
+            return (matrix @ raw.reshape(raw.shape[0], -1)).reshape(raw.shape)
 
         parameters = {"sigmas": tuple(float(s) for s in sigmas),
                       "degrees": tuple(int(d) for d in degrees), "mode": mode}
@@ -102,12 +101,13 @@ class KernelBasis:
         images = np.tensordot(matrix, deltas, axes=1)
 
         def convolve(stamps):
-            valid = stamps.shape[1] - kernel_size + 1
-            windows = sliding_window_view(stamps, (valid, valid), axis=(1, 2))
-            # the delta at kernel pixel (j, i) picks the window at offset (K-1-j, K-1-i)
-            shifted = windows[:, ::-1, ::-1].reshape(stamps.shape[0], n_pixels, valid * valid)
-            out = matrix @ shifted
-            return out.reshape(stamps.shape[0], n_pixels, valid, valid)
+            valid = stamps.shape[0] - kernel_size + 1
+            n = stamps.shape[2]
+            # windows[oy, ox, c] is the valid-size window at offset (oy, ox); the
+            # delta at kernel pixel (j, i) picks offset (K-1-j, K-1-i)
+            windows = sliding_window_view(stamps, (valid, valid), axis=(0, 1))
+            shifted = np.moveaxis(windows[::-1, ::-1], 2, -1).reshape(n_pixels, -1)
+            return (matrix @ shifted).reshape(n_pixels, valid, valid, n)
 
         return cls(images, kind="delta-function", convolve=convolve)
 
@@ -218,6 +218,13 @@ def _lu_or_pseudo_inverse(matrix, vector, condition=None):
     return np.linalg.pinv(matrix, hermitian=True) @ vector, "pseudo-inverse"
 
 
+def _spatial_unknowns(full_matrix, full_vector, n_basis, n_terms):
+    """Keep the unknowns of the spatial fit: the constant term of basis 0 and
+    every term of the other bases (term 0 is the constant 1)."""
+    keep = np.concatenate([[0], np.arange(n_terms, n_basis * n_terms)])
+    return full_matrix[np.ix_(keep, keep)], full_vector[keep]
+
+
 @dataclass
 class SpatialSolution:
     """What :func:`solve_spatial_kernel` found.
@@ -248,28 +255,37 @@ class SpatialSolution:
 
 
 def _weights(targets_valid, constant):
+    """Pixel weights, (P, n) like the candidate-last targets."""
     if constant:
         return np.ones_like(targets_valid)
     # Poisson-like weighting of a bright star, floored so the wings count
-    peak = np.abs(targets_valid).max(axis=(1, 2), keepdims=True)
+    peak = np.abs(targets_valid).max(axis=0, keepdims=True)
     return 1.0 / (np.abs(targets_valid) + 1e-3 * peak)
+
+
+def _models(coefficients, convolved):
+    """Model stamps (n, V, V) from coefficients (n, nb) and convolutions (nb, V, V, n)."""
+    n_basis, valid, _, n = convolved.shape
+    flat = convolved.reshape(n_basis, valid * valid, n)
+    return np.einsum("nb,bpn->np", coefficients, flat, optimize=True).reshape(n, valid, valid)
 
 
 def _fit_candidates(convolved, targets_valid, matrices, vectors, basis, peaks, condition_type):
     """Unconstrained per-candidate solutions and their residual statistics."""
     coefficients = _solve_stack(matrices, vectors)
-    models = np.einsum("nb,nbyx->nyx", coefficients, convolved)
+    models = _models(coefficients, convolved)
     residuals = (models - targets_valid) / peaks[:, None, None]
     kernels = np.tensordot(coefficients, basis.images, axes=(1, 0))
     conditions = _condition_numbers(matrices, condition_type)
-    fits = []
-    for k in range(len(coefficients)):
-        res = residuals[k]
-        fits.append(CandidateFit(
-            coefficients=coefficients[k], kernel=kernels[k], kernel_sum=float(kernels[k].sum()),
-            model=models[k], residual=res, residual_mean=float(res.mean()),
-            residual_std=float(res.std()), residual_max=float(np.abs(res).max()),
-            condition_number=float(conditions[k])))
+    sums = kernels.sum(axis=(1, 2)).tolist()
+    means = residuals.mean(axis=(1, 2)).tolist()
+    stds = residuals.std(axis=(1, 2)).tolist()
+    maxima = np.abs(residuals).max(axis=(1, 2)).tolist()
+    fits = [CandidateFit(coefficients=coefficients[k], kernel=kernels[k], kernel_sum=sums[k],
+                         model=models[k], residual=residuals[k], residual_mean=means[k],
+                         residual_std=stds[k], residual_max=maxima[k],
+                         condition_number=float(conditions[k]))
+            for k in range(len(coefficients))]
     return fits, kernels, conditions
 
 
@@ -326,14 +342,18 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_
     targets = np.ascontiguousarray(targets, dtype=np.float64)
     half = basis.size // 2
     valid = sources.shape[1] - basis.size + 1
-    targets_valid = np.ascontiguousarray(targets[:, half:half + valid, half:half + valid])
+    targets_valid = targets[:, half:half + valid, half:half + valid]
+    targets_last = np.ascontiguousarray(targets_valid.reshape(len(targets), -1).T)  # (P, n)
     peaks = targets.max(axis=(1, 2))
-    weights = _weights(targets_valid, config.constant_variance_weighting)
+    weights = _weights(targets_last, config.constant_variance_weighting)
     info = {"regularization_lambda": 0.0}
 
     def normal_equations(current_basis, regularize):
         convolved = current_basis.convolve(sources)
-        matrices, vectors = fitting.normal_equations(convolved, targets_valid, weights)
+        flat = convolved.reshape(current_basis.n_basis, valid * valid, -1)
+        matrices, vectors = fitting.normal_equations(flat, targets_last, weights)
+        # the small per-candidate systems are solved as a stack: candidate first
+        matrices, vectors = np.moveaxis(matrices, -1, 0), vectors.T
         if regularize:
             pixels = current_basis.images.reshape(current_basis.n_basis, -1)
             penalty = regularization_matrix(
@@ -386,13 +406,11 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_
     terms = np.ascontiguousarray(spatial_terms(xn, yn, config.spatial_order,
                                                config.spatial_model).T)
     use = ~rejected
-    # a fixed number of shares, summed in a fixed order: the result does not
-    # depend on how many threads run them
-    n_chunks = min(_SPATIAL_SHARES, max(int(use.sum()), 1))
-    sp_matrix, sp_vector = fitting.accumulate_spatial(
-        np.ascontiguousarray(matrices[use]), np.ascontiguousarray(vectors[use]),
-        np.ascontiguousarray(terms[use]), n_chunks)
+    full_matrix, full_vector = fitting.accumulate_spatial(
+        np.ascontiguousarray(np.moveaxis(matrices[use], 0, -1)),
+        np.ascontiguousarray(vectors[use].T), np.ascontiguousarray(terms[use].T))
     n_terms = terms.shape[1]
+    sp_matrix, sp_vector = _spatial_unknowns(full_matrix, full_vector, basis.n_basis, n_terms)
     # the kernel-sum coefficient is fixed: move its column to the right-hand side
     reduced_matrix = sp_matrix[1:, 1:]
     reduced_vector = sp_vector[1:] - sp_matrix[1:, 0] * kernel_sum
@@ -417,7 +435,7 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_
     kernel = SpatialKernel(basis.images, coefficients, spatial_model=config.spatial_model,
                            spatial_order=config.spatial_order, bbox=bbox)
     local = coefficients @ terms.T  # (nb, n): coefficients at each candidate
-    models = np.einsum("bn,nbyx->nyx", local, convolved)
+    models = _models(local.T, convolved)
     spatial_residual = np.abs(models - targets_valid).max(axis=(1, 2)) / peaks
     timings["total"] = time.perf_counter() - start
     info.update({

@@ -78,8 +78,8 @@ STAMP_SIZE = 4 * KERNEL_SIZE + 1
 #: (on top of kernel_size=KERNEL_SIZE). The first one is the default.
 ASTROPSFMATCH_CONFIGS = {
     "astropsfmatch (defaults)": {},
-    "astropsfmatch (alard_degrees=(6, 4, 4), psf_size=61)": {
-        "alard_degrees": (6, 4, 4), "psf_size": 61},
+    "astropsfmatch (delta-function basis)": {
+        "kernel_basis": "delta-function", "use_regularization": False, "psf_size": 61},
 }
 
 _REGULARIZATIONS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2)
@@ -88,6 +88,13 @@ _PYPHER_REGULARIZATIONS = tuple(10.0 ** np.arange(-10, 0))
 _FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
 _SPLIT = ((0.1, 0.1), (0.1, 0.3), (0.1, 0.5), (0.1, 0.7), (0.3, 0.1), (0.3, 0.3), (0.3, 0.5),
           (0.3, 0.7), (0.5, 0.1), (0.5, 0.3), (0.5, 0.5), (0.7, 0.1), (0.7, 0.3), (0.9, 0.1))
+
+
+#: The spatially varying source PSFs (see `field_psf`): 2x oversampled 81 x 81 ePSFs.
+MILD_VARIATION = {"n_grid": 5, "half_size": 20, "oversampling": 2, "fwhm": (3.0, 3.6),
+                  "ellipticity": 0.1}
+STRONG_VARIATION = {"n_grid": 5, "half_size": 20, "oversampling": 2, "fwhm": (2.8, 4.0),
+                    "ellipticity": 0.15}
 
 
 def moffat_alpha(fwhm, beta):
@@ -173,10 +180,14 @@ def psf_pairs(field=2048, *, quick=False):
              CircularGaussianPSF(fwhm=5.0), note="Gaussian 3.6 x 2.4 at 30 deg -> FWHM 5.0"),
         Pair("comatic -> round", comatic_psf(), CircularGaussianPSF(fwhm=6.0),
              note="3 offset Gaussians (array) -> FWHM 6.0"),
-        Pair("GriddedPSFModel (varying) -> constant",
-             field_psf((field, field), n_grid=5, half_size=20, oversampling=2),
-             CircularGaussianPSF(fwhm=5.0), varying=True,
-             note=f"5x5 grid, FWHM 2.8 -> 4.0, ellipticity 0 -> 0.15 over {field}x{field}"),
+        Pair("GriddedPSFModel, mild variation -> constant",
+             field_psf((field, field), **MILD_VARIATION), CircularGaussianPSF(fwhm=5.0),
+             varying=True, note=f"5x5 ePSF grid over {field}x{field}: FWHM 3.0 -> 3.6, "
+                                "ellipticity 0 -> 0.1 (centre -> corners) -> FWHM 5.0"),
+        Pair("GriddedPSFModel, strong variation -> constant",
+             field_psf((field, field), **STRONG_VARIATION), CircularGaussianPSF(fwhm=5.0),
+             varying=True, note=f"5x5 ePSF grid over {field}x{field}: FWHM 2.8 -> 4.0, "
+                                "ellipticity 0 -> 0.15 (centre -> corners) -> FWHM 5.0"),
     ]
     return pairs
 

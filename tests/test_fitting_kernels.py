@@ -11,7 +11,17 @@ from naive import (
 
 from astropsfmatch._kernels import fitting
 from astropsfmatch.basis import _alard_lupton_parts
-from astropsfmatch.solve import KernelBasis
+from astropsfmatch.solve import KernelBasis, _spatial_unknowns
+
+
+def last(array):
+    """Candidate axis (first) moved last, as the kernels take it."""
+    return np.ascontiguousarray(np.moveaxis(array, 0, -1))
+
+
+def first(array):
+    """Candidate axis (first) of a naive result moved last, to compare with a kernel's."""
+    return np.moveaxis(array, 0, -1)
 
 
 @pytest.fixture(params=[np.float32, np.float64])
@@ -26,26 +36,28 @@ class TestBasisConvolution:
         distinct, x_index = np.unique(x_factors, axis=0, return_inverse=True)
         x_index = x_index.ravel().astype(np.int64)
         data = np.ascontiguousarray(stamps, dtype=np.float64)
-        got = fitting.separable_convolve_valid(data, distinct, y_factors, x_index)
-        expected = naive_separable_convolve_valid(data, distinct, y_factors, x_index)
+        got = fitting.separable_convolve_valid(last(data), distinct, y_factors, x_index)
+        expected = first(naive_separable_convolve_valid(data, distinct, y_factors, x_index))
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
     def test_dense_matches_naive(self, stamps):
         rng = np.random.default_rng(4)
         basis = rng.normal(size=(3, 5, 5))
         data = np.ascontiguousarray(stamps, dtype=np.float64)
-        np.testing.assert_allclose(fitting.convolve_valid(data, basis),
-                                   naive_convolve_valid(data, basis), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(fitting.convolve_valid(last(data), basis),
+                                   first(naive_convolve_valid(data, basis)), rtol=1e-12,
+                                   atol=1e-12)
 
     def test_dense_matches_scipy(self):
         from scipy.signal import fftconvolve
         rng = np.random.default_rng(5)
         data = rng.normal(size=(2, 15, 15))
         basis = rng.normal(size=(2, 7, 7))
-        got = fitting.convolve_valid(data, basis)
+        got = fitting.convolve_valid(last(data), basis)
         for c in range(2):
             for b in range(2):
-                np.testing.assert_allclose(got[c, b], fftconvolve(data[c], basis[b], mode="valid"),
+                np.testing.assert_allclose(got[b, :, :, c],
+                                           fftconvolve(data[c], basis[b], mode="valid"),
                                            atol=1e-12)
 
     @pytest.mark.parametrize("kind", ["alard-lupton", "delta-function"])
@@ -53,7 +65,7 @@ class TestBasisConvolution:
         basis = (KernelBasis.alard_lupton(7, (0.8, 1.6), (2, 1)) if kind == "alard-lupton"
                  else KernelBasis.delta_function(5))
         got = basis.convolve(stamps)
-        expected = naive_convolve_valid(stamps.astype(np.float64), basis.images)
+        expected = first(naive_convolve_valid(stamps.astype(np.float64), basis.images))
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -63,20 +75,24 @@ class TestNormalEquations:
         convolved = rng.normal(size=(5, 6, 7, 7))
         target = rng.normal(size=(5, 7, 7)).astype(stamps.dtype).astype(np.float64)
         weight = rng.uniform(0.5, 2.0, size=(5, 7, 7))
-        m, b = fitting.normal_equations(convolved, target, weight)
+        m, b = fitting.normal_equations(
+            np.ascontiguousarray(np.moveaxis(convolved.reshape(5, 6, -1), 0, -1)),
+            last(target.reshape(5, -1)), last(weight.reshape(5, -1)))
         m2, b2 = naive_normal_equations(convolved, target, weight)
-        np.testing.assert_allclose(m, m2, rtol=1e-12)
-        np.testing.assert_allclose(b, b2, rtol=1e-12, atol=1e-12)
-        np.testing.assert_array_equal(m, np.swapaxes(m, 1, 2))
+        np.testing.assert_allclose(np.moveaxis(m, -1, 0), m2, rtol=1e-12)
+        np.testing.assert_allclose(b.T, b2, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(m, np.swapaxes(m, 0, 1))
 
-    @pytest.mark.parametrize("n_chunks", [1, 2, 3, 7])
-    def test_spatial_accumulation_matches_naive(self, n_chunks):
+    def test_spatial_accumulation_matches_naive(self):
         rng = np.random.default_rng(7)
         a = rng.normal(size=(11, 4, 4))
         matrix = a @ np.swapaxes(a, 1, 2)
         vector = rng.normal(size=(11, 4))
         terms = rng.normal(size=(11, 3))
-        m, b = fitting.accumulate_spatial(matrix, vector, terms, n_chunks)
+        terms[:, 0] = 1.0  # the first spatial term is the constant
+        full, full_vector = fitting.accumulate_spatial(
+            np.ascontiguousarray(np.moveaxis(matrix, 0, -1)), last(vector), last(terms))
+        m, b = _spatial_unknowns(full, full_vector, 4, 3)
         m2, b2 = naive_accumulate_spatial(matrix, vector, terms)
         np.testing.assert_allclose(m, m2, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(b, b2, rtol=1e-12, atol=1e-12)
