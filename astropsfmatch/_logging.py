@@ -1,6 +1,7 @@
 """The package logger: ``astropy.astropsfmatch``, a child of astropy's
 logger, so astropy's log configuration (level, file output, colours)
-applies to it."""
+applies to it.
+"""
 
 import logging
 

@@ -232,7 +232,7 @@ class Candidate:
     reason : str
         Why it was rejected.
     spatial_residual_max : float
-        Max |source ⊛ K(x, y) - target| / peak with the spatial kernel.
+        Max of ``abs(source ⊛ K(x, y) - target) / peak`` with the spatial kernel.
     """
 
     index: tuple

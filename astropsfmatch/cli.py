@@ -92,7 +92,7 @@ def parse_psf_spec(spec):
     np.float64(4.5)
     >>> model = parse_psf_spec('moffat:fwhm=4.5,beta=2.5')
     >>> round(float(model.alpha.value), 4), float(model.beta.value)
-    (3.9843, 2.5)
+    (3.9805, 2.5)
     """
     from photutils.psf import CircularGaussianPRF, MoffatPSF
 

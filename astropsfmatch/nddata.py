@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
-from ._kernels import weights as weights_kernel
 from astropy.nddata import (
     CCDData,
     InverseVariance,
@@ -14,6 +13,8 @@ from astropy.nddata import (
     StdDevUncertainty,
     VarianceUncertainty,
 )
+
+from ._kernels import weights as weights_kernel
 
 __all__ = ["ParsedImage", "build_matched_ccd", "inverse_variance_weights", "parse_image"]
 

@@ -220,7 +220,8 @@ def _lu_or_pseudo_inverse(matrix, vector, condition=None):
 
 def _spatial_unknowns(full_matrix, full_vector, n_basis, n_terms):
     """Keep the unknowns of the spatial fit: the constant term of basis 0 and
-    every term of the other bases (term 0 is the constant 1)."""
+    every term of the other bases (term 0 is the constant 1).
+    """
     keep = np.concatenate([[0], np.arange(n_terms, n_basis * n_terms)])
     return full_matrix[np.ix_(keep, keep)], full_vector[keep]
 
@@ -238,7 +239,7 @@ class SpatialSolution:
         Candidates left out of the spatial fit.
     reasons : list of str
     spatial_residual_max : ndarray
-        Max |source ⊛ K(x, y) - target| / target peak at each candidate.
+        Max of ``abs(source ⊛ K(x, y) - target)`` / target peak at each candidate.
     info : dict
         Condition numbers, solver, unknowns, regularization strength, timings.
     basis : KernelBasis

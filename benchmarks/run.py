@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -60,7 +61,20 @@ def environment():
             versions[name] = "not installed"
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": len(os.sched_getaffinity(0)), "versions": versions}
+            "cpus": len(os.sched_getaffinity(0)), "versions": versions, "git": _git()}
+
+
+def _git():
+    """Commit of the repository, marked ``+modified`` if astropsfmatch/ has local changes."""
+    try:
+        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain",
+                                  "astropsfmatch"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+modified" if changed else "")
 
 
 def wait_for_load(max_load, max_wait, interval=30.0):
@@ -355,9 +369,10 @@ def _to_json(value):
 
 def _results_from_json(raw):
     """Accuracy Result objects and PSF pairs back from ``results.json``."""
-    pairs = accuracy.psf_pairs(raw["accuracy"]["field"])
     results = [accuracy.Result(**{k: (np.nan if v is None else v) for k, v in r.items()})
                for r in raw["accuracy"]["results"]]
+    names = {r.pair for r in results}
+    pairs = [p for p in accuracy.psf_pairs(raw["accuracy"]["field"]) if p.name in names]
     return results, pairs
 
 
@@ -365,7 +380,8 @@ def report(raw, output, *, copy_to_docs=True):
     """Write the Markdown and CSV tables and the plot from the raw results."""
     env = raw["environment"]
     env_line = (f"Run {env['date']} on {env['cpus']} CPU(s) ({env['machine']}), Python "
-                f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+                f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+                + f"; git {env.get('git', 'unknown')}.")
     accuracy_results = pairs = None
     if "accuracy" in raw:
         part = raw["accuracy"]
@@ -429,7 +445,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=None, help="image side [4096; quick 1024]")
     parser.add_argument("--repeat", type=int, default=None, help="timing repeats [5; quick 1]")
     parser.add_argument("--field", type=int, default=None,
-                        help="side of the varying-PSF field in the accuracy part [2048; quick 1024]")
+                        help="side of the varying-PSF field (accuracy) [2048; quick 1024]")
     parser.add_argument("--max-load", type=float, default=1.5,
                         help="wait for the 1-minute load average to fall below this [1.5]")
     parser.add_argument("--max-wait", type=float, default=None,
@@ -475,7 +491,7 @@ def main(argv=None):
         waited["max_load"] = args.max_load
         start = time.perf_counter()
         result = speed.run(size=size, repeat=repeat, naive_seconds=0.5 if quick else 2.0,
-                           kernel_repeat=3 if quick else 7)
+                           max_naive=1.0 if quick else 20.0, kernel_repeat=3 if quick else 7)
         result["waited"] = waited
         result["seconds"] = time.perf_counter() - start
         raw["speed"] = result

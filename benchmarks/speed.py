@@ -29,9 +29,14 @@ Kernel solution alone
 
 Numba kernels
     Each jitted function in ``astropsfmatch._kernels`` against its twin in
-    ``tests/naive.py`` on the same input; the input is scaled until the
-    twin takes about ``naive_seconds`` (the twin is run once); numba is
-    warmed up first, then the median of ``repeat`` runs is taken.
+    ``tests/naive.py`` on the same input (the fitting kernels take the
+    candidate axis last, the twins first: the input is transposed once,
+    outside the timing). The input is the kernel's share of the 4096 x 4096
+    match (1,156 candidates, 289 FFT tiles, a 4096-pixel side, one 4096 x
+    4096 weight map), enlarged until the twin takes at least
+    ``naive_seconds`` and reduced where the twin would take more than
+    ``max_naive`` seconds. The twin is run once; numba is warmed up first,
+    then the median of ``repeat`` runs is taken.
 
 Peak memory
     In a fresh subprocess: the increase of the peak resident set size
@@ -230,7 +235,8 @@ class KernelCase:
     ``make(rng, scale)`` returns ``(run_numba, run_naive, agree)``: two
     zero-argument callables doing the same work, and a callable telling,
     after both ran, whether their outputs agree. ``unit`` says what ``scale``
-    counts.
+    counts; ``workload`` is the scale of the kernel's work in the 4096 x 4096
+    match; the work grows as ``scale ** power``.
     """
 
     name: str
@@ -238,6 +244,8 @@ class KernelCase:
     make: object
     start: int
     unit: str
+    workload: int
+    power: int = 1
     max_scale: int = 10**9
 
 
@@ -251,7 +259,13 @@ def _fitting_inputs(rng, n, size=31):
             np.ascontiguousarray(x_index.ravel(), dtype=np.int64), images)
 
 
-def _pair(numba_function, naive_function, numba_args, naive_args, compare=None):
+def _last(array):
+    """Candidate axis (first, as the twins take it) moved last, as the fitting kernels take it."""
+    return np.ascontiguousarray(np.moveaxis(array, 0, -1))
+
+
+def _pair(numba_function, naive_function, numba_args, naive_args, compare):
+    """Closures running both functions, and ``compare(numba_out, naive_out) -> bool``."""
     out = {}
 
     def run_numba():
@@ -260,56 +274,73 @@ def _pair(numba_function, naive_function, numba_args, naive_args, compare=None):
     def run_naive():
         out["naive"] = naive_function(*naive_args)
 
-    def agree():
-        if compare is not None:
-            return compare()
-        a, b = out["numba"], out["naive"]
-        if isinstance(a, tuple):
-            return all(np.allclose(x, y, rtol=1e-6, atol=1e-9) for x, y in zip(a, b, strict=True))
-        return bool(np.allclose(a, b, rtol=1e-6, atol=1e-9))
+    return run_numba, run_naive, lambda: bool(compare(out["numba"], out["naive"]))
 
-    return run_numba, run_naive, agree
+
+def _close(a, b):
+    return np.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+# The fitting kernels take the candidate axis last; the twins take it first.
 
 
 def _make_separable(rng, n):
-    from astropsfmatch._kernels import fitting
     from naive import naive_separable_convolve_valid
 
+    from astropsfmatch._kernels import fitting
+
     stamps, distinct, y_factors, x_index, _ = _fitting_inputs(rng, n)
-    args = (stamps, distinct, y_factors, x_index)
-    return _pair(fitting.separable_convolve_valid, naive_separable_convolve_valid, args, args)
+    return _pair(fitting.separable_convolve_valid, naive_separable_convolve_valid,
+                 (_last(stamps), distinct, y_factors, x_index),
+                 (stamps, distinct, y_factors, x_index),
+                 lambda a, b: _close(a, np.moveaxis(b, 0, -1)))
 
 
 def _make_convolve_valid(rng, n):
-    from astropsfmatch._kernels import fitting
     from naive import naive_convolve_valid
 
+    from astropsfmatch._kernels import fitting
+
     stamps, *_, images = _fitting_inputs(rng, n)
-    args = (stamps, np.ascontiguousarray(images))
-    return _pair(fitting.convolve_valid, naive_convolve_valid, args, args)
+    images = np.ascontiguousarray(images)
+    return _pair(fitting.convolve_valid, naive_convolve_valid, (_last(stamps), images),
+                 (stamps, images), lambda a, b: _close(a, np.moveaxis(b, 0, -1)))
 
 
 def _make_normal_equations(rng, n):
-    from astropsfmatch._kernels import fitting
     from naive import naive_normal_equations
+
+    from astropsfmatch._kernels import fitting
 
     convolved = rng.random((n, 27, 11, 11))
     target = rng.random((n, 11, 11))
     weight = np.ones((n, 11, 11))
-    args = (convolved, target, weight)
-    return _pair(fitting.normal_equations, naive_normal_equations, args, args)
+    args = (_last(convolved.reshape(n, 27, -1)), _last(target.reshape(n, -1)),
+            _last(weight.reshape(n, -1)))
+    return _pair(fitting.normal_equations, naive_normal_equations, args,
+                 (convolved, target, weight),
+                 lambda a, b: _close(np.moveaxis(a[0], -1, 0), b[0]) and _close(a[1].T, b[1]))
 
 
 def _make_accumulate(rng, n):
-    from astropsfmatch._kernels import fitting
     from naive import naive_accumulate_spatial
 
+    from astropsfmatch._kernels import fitting
+    from astropsfmatch.solve import _spatial_unknowns
+
     a = rng.random((n, 27, 27))
-    matrix = np.ascontiguousarray(a + a.transpose(0, 2, 1))
+    matrix = a + a.transpose(0, 2, 1)
     vector = rng.random((n, 27))
     terms = rng.random((n, 6))
-    return _pair(fitting.accumulate_spatial, naive_accumulate_spatial,
-                 (matrix, vector, terms, 2), (matrix, vector, terms))
+    terms[:, 0] = 1.0
+
+    def run(matrix, vector, terms):
+        # the same work as the twin: the full system, then the unknowns kept
+        return _spatial_unknowns(*fitting.accumulate_spatial(matrix, vector, terms), 27, 6)
+
+    return _pair(run, naive_accumulate_spatial, (_last(matrix), _last(vector), _last(terms)),
+                 (matrix, vector, terms),
+                 lambda a, b: _close(a[0], b[0]) and _close(a[1], b[1]))
 
 
 def _tile_shapes():
@@ -318,8 +349,9 @@ def _tile_shapes():
 
 
 def _make_rows(rng, n_tiles):
-    from astropsfmatch._kernels.convolution import weighted_sum_rows
     from naive import naive_weighted_sum_rows
+
+    from astropsfmatch._kernels.convolution import weighted_sum_rows
 
     fft_y, two_half, n_freq = _tile_shapes()
     rows = fft_y - two_half
@@ -343,8 +375,9 @@ def _make_rows(rng, n_tiles):
 
 
 def _make_columns(rng, n_tiles):
-    from astropsfmatch._kernels.convolution import weighted_sum_columns
     from naive import naive_weighted_sum_columns
+
+    from astropsfmatch._kernels.convolution import weighted_sum_columns
 
     fft_y, two_half, _ = _tile_shapes()
     rows = fft_y - two_half
@@ -367,8 +400,9 @@ def _make_columns(rng, n_tiles):
 
 
 def _make_dilate(rng, side):
-    from astropsfmatch._kernels.convolution import dilate_box
     from naive import naive_dilate_box
+
+    from astropsfmatch._kernels.convolution import dilate_box
 
     bad = rng.random((side, side)) < 1e-3
     out_numba = np.empty_like(bad)
@@ -379,8 +413,9 @@ def _make_dilate(rng, side):
 
 
 def _make_inverse_variance(rng, n_images):
-    from astropsfmatch._kernels.weights import inverse_variance
     from naive import naive_inverse_variance
+
+    from astropsfmatch._kernels.weights import inverse_variance
 
     variance = rng.random((2048, 2048), dtype=np.float32) + np.float32(0.5)
     variance[::97, ::89] = np.nan
@@ -400,21 +435,21 @@ def _make_inverse_variance(rng, n_images):
 
 KERNEL_CASES = [
     KernelCase("separable_convolve_valid", "fitting", _make_separable, 2,
-               "31x31 stamps x 27 AL functions"),
+               "31x31 stamps x 27 AL functions", workload=1156),
     KernelCase("convolve_valid", "fitting", _make_convolve_valid, 2,
-               "31x31 stamps x 27 dense 21x21 images"),
+               "31x31 stamps x 27 dense 21x21 images", workload=1156),
     KernelCase("normal_equations", "fitting", _make_normal_equations, 64,
-               "candidates (27 functions, 11x11 pixels)"),
+               "candidates (27 functions, 11x11 pixels)", workload=1156),
     KernelCase("accumulate_spatial", "fitting", _make_accumulate, 64,
-               "candidates (27 functions, 6 spatial terms)"),
+               "candidates (27 functions, 6 spatial terms)", workload=1156),
     KernelCase("weighted_sum_rows", "convolution", _make_rows, 4,
-               "250x258 tiles, 15 planes -> 5 groups (float32)"),
+               "250x258 tiles, 15 planes -> 5 groups (float32)", workload=289),
     KernelCase("weighted_sum_columns", "convolution", _make_columns, 4,
-               "230x256 tiles, 5 planes (float32)"),
-    KernelCase("dilate_box", "convolution", _make_dilate, 48, "image side (box 21x21)",
-               max_scale=4096),
+               "230x256 tiles, 5 planes (float32)", workload=289),
+    KernelCase("dilate_box", "convolution", _make_dilate, 48, "px image side (box 21x21)",
+               workload=4096, power=2, max_scale=4096),
     KernelCase("inverse_variance", "weights", _make_inverse_variance, 1,
-               "2048x2048 float32 images", max_scale=64),
+               "2048x2048 float32 images", workload=4, max_scale=64),
 ]
 
 
@@ -436,8 +471,14 @@ def numba_kernels():
     return sorted(found)
 
 
-def time_kernels(*, naive_seconds=0.5, repeat=5, cases=None, verbose=True, seed=0):
-    """Each numba kernel vs its NumPy twin. Returns a list of dict rows."""
+def time_kernels(*, naive_seconds=0.5, max_naive=20.0, repeat=5, cases=None, verbose=True,
+                 seed=0):
+    """Each numba kernel vs its NumPy twin. Returns a list of dict rows.
+
+    The input is the kernel's share of the 4096 x 4096 match (``workload``)
+    or larger, so that the twin takes at least ``naive_seconds``; but smaller
+    if the twin would take more than ``max_naive`` seconds there.
+    """
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     import numba
@@ -445,30 +486,19 @@ def time_kernels(*, naive_seconds=0.5, repeat=5, cases=None, verbose=True, seed=
     cases = KERNEL_CASES if cases is None else cases
     rows = []
     for case in cases:
-        rng = np.random.default_rng(seed)
-        # calibrate: scale the input until the twin takes about naive_seconds
-        scale = case.start
-        while True:
-            run_numba, run_naive, agree = case.make(rng, scale)
-            start = time.perf_counter()
-            run_naive()
-            naive = time.perf_counter() - start
-            if naive >= 0.8 * naive_seconds or scale >= case.max_scale:
-                break
-            factor = naive_seconds / max(naive, 1e-4)
-            if case.name == "dilate_box":  # work grows as side**2
-                factor = np.sqrt(factor)
-            scale = int(min(max(2 * scale if naive < 1e-3 else scale * factor * 1.1, scale + 1),
-                            case.max_scale))
-        run_numba()  # compile or load the cache
-        ok = agree()
-        numba_time, _ = median_time(run_numba, repeat)
-        rows.append({"kernel": f"{case.module}.{case.name}", "input": f"{scale} {case.unit}",
-                     "naive": naive, "numba": numba_time, "speedup": naive / numba_time,
-                     "agree": ok, "threads": numba.get_num_threads()})
-        if verbose:
-            print(f"  speed: {case.name}: naive {naive:.3f} s, numba {numba_time:.5f} s "
-                  f"({naive / numba_time:.0f}x) on {scale} {case.unit}", flush=True)
+        try:
+            row = _time_kernel(case, naive_seconds, repeat, seed, max_naive)
+        except Exception as exc:  # noqa: BLE001 - a kernel whose API changed: report it
+            row = {"kernel": f"{case.module}.{case.name}",
+                   "input": f"harness out of date ({type(exc).__name__}: {exc})",
+                   "naive": np.nan, "numba": np.nan, "speedup": np.nan, "agree": None}
+        row["threads"] = numba.get_num_threads()
+        rows.append(row)
+        if verbose and np.isfinite(row["speedup"]):
+            print(f"  speed: {case.name}: naive {row['naive']:.3f} s, numba "
+                  f"{row['numba']:.5f} s ({row['speedup']:.0f}x) on {row['input']}", flush=True)
+        elif verbose:
+            print(f"  speed: {case.name}: {row['input']}", flush=True)
     covered = {f"{c.module}.{c.name}" for c in cases}
     for name in numba_kernels():
         if name not in covered:
@@ -476,6 +506,39 @@ def time_kernels(*, naive_seconds=0.5, repeat=5, cases=None, verbose=True, seed=
                          "naive": np.nan, "numba": np.nan, "speedup": np.nan, "agree": None,
                          "threads": numba.get_num_threads()})
     return rows
+
+
+def _time_kernel(case, naive_seconds, repeat, seed, max_naive):
+    """One kernel: choose the input size from a cheap run of the twin, then time both."""
+    rng = np.random.default_rng(seed)
+    scale = case.start
+    while True:  # grow until the twin takes long enough to extrapolate from
+        run_numba, run_naive, agree = case.make(rng, scale)
+        start = time.perf_counter()
+        run_naive()
+        naive = time.perf_counter() - start
+        if naive >= 0.05 or scale >= case.max_scale:
+            break
+        scale = min(2 * scale, case.max_scale)
+    rate = naive / scale**case.power
+
+    def scale_for(seconds):
+        return (seconds / rate) ** (1.0 / case.power)
+
+    wanted = max(case.workload, scale_for(naive_seconds))
+    wanted = int(np.ceil(min(wanted, scale_for(max_naive), case.max_scale)))
+    if wanted > scale:
+        scale = wanted
+        run_numba, run_naive, agree = case.make(rng, scale)
+        start = time.perf_counter()
+        run_naive()
+        naive = time.perf_counter() - start
+    run_numba()  # compile or load the cache
+    ok = agree()
+    numba_time, _ = median_time(run_numba, repeat)
+    return {"kernel": f"{case.module}.{case.name}", "input": f"{scale} {case.unit}",
+            "naive": naive, "numba": numba_time, "speedup": naive / numba_time, "agree": ok,
+            "workload": scale >= case.workload}
 
 
 # --- peak memory ----------------------------------------------------------------
@@ -522,7 +585,7 @@ def _memory_probe(size):
     del result
     gc.collect()
     tracemalloc.start()
-    result = matcher.match(ccd, target, source_psf=psf)
+    matcher.match(ccd, target, source_psf=psf)  # the outputs are alive at the peak
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     print(json.dumps({"input_bytes": input_bytes(ccd), "rss_before": rss_before,
@@ -542,8 +605,8 @@ def peak_memory(size):
     return result
 
 
-def run(*, size=4096, repeat=3, naive_seconds=0.5, kernel_repeat=5, verbose=True,
-        memory=True, psf_loop=True):
+def run(*, size=4096, repeat=3, naive_seconds=0.5, max_naive=20.0, kernel_repeat=5,
+        verbose=True, memory=True, psf_loop=True):
     """Every speed figure. Returns a dict (see ``run.py`` for the tables made from it)."""
     ccd, psf, target = make_inputs(size)
     if verbose:
@@ -563,8 +626,8 @@ def run(*, size=4096, repeat=3, naive_seconds=0.5, kernel_repeat=5, verbose=True
                   f"{s['medians']['psf_realization']:.3f} s", flush=True)
     if psf_loop:
         out["psf_loop"] = time_psf_loop(psf, shape)
-    out["kernels"] = time_kernels(naive_seconds=naive_seconds, repeat=kernel_repeat,
-                                  verbose=verbose)
+    out["kernels"] = time_kernels(naive_seconds=naive_seconds, max_naive=max_naive,
+                                  repeat=kernel_repeat, verbose=verbose)
     if memory:
         del ccd
         gc.collect()

@@ -5,7 +5,6 @@ The tests assert that each jitted kernel agrees with its twin here.
 
 import numpy as np
 
-
 # --- kernel fitting (astropsfmatch._kernels.fitting) -------------------------
 
 

@@ -76,7 +76,7 @@ class TestDeltaFunctionBasis:
 class TestFwhmScaling:
     def test_convolution_mode(self):
         p = alard_lupton_sigmas(4.0, 8.0)
-        sigma_k = np.sqrt((8.0**2 - 4.0**2)) / 2.3548200450309493
+        sigma_k = np.sqrt(8.0**2 - 4.0**2) / 2.3548200450309493
         assert p.mode == "convolution"
         np.testing.assert_allclose(p.sigmas, [sigma_k / 2, sigma_k, 2 * sigma_k])
         assert p.degrees == (4, 2, 2)

@@ -247,7 +247,8 @@ class TestDask:
     """The same calls on a dask.distributed LocalCluster of two workers."""
 
     @pytest.fixture(scope="class")
-    def client(self):
+    @classmethod
+    def client(cls):
         distributed = pytest.importorskip("distributed")
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                       dashboard_address=":0") as cluster, \

@@ -325,11 +325,13 @@ class TestImagePSF:
 
 class TestGriddedPSF:
     @pytest.fixture(scope="class")
-    def gridded(self):
+    @classmethod
+    def gridded(cls):
         return make_gridded()
 
     @pytest.fixture(scope="class")
-    def gridded_oversampled(self):
+    @classmethod
+    def gridded_oversampled(cls):
         return make_gridded(oversampling=4, size=101)
 
     def positions(self):

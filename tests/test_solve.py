@@ -90,7 +90,8 @@ class TestVaryingGriddedPsf:
     """PSF width varying by +-10% across the field (FWHM 4.2 to 5.2 px)."""
 
     @pytest.fixture(scope="class")
-    def varying(self):
+    @classmethod
+    def varying(cls):
         shape = (1024, 1024)
         source = varying_gaussian_grid(shape, sigma_range=SIGMA_RANGE)
         target = CircularGaussianPRF(fwhm=2.3548 * 3.2)

@@ -26,7 +26,8 @@ class TestSpatialTerms:
         x, y = rng.uniform(-1, 1, 20), rng.uniform(-1, 1, 20)
         terms = spatial_terms(x, y, order, "chebyshev1")
         for t, (i, j) in enumerate(spatial_exponents(order)):
-            expected = chebyshev.chebval(x, np.eye(i + 1)[i]) * chebyshev.chebval(y, np.eye(j + 1)[j])
+            expected = (chebyshev.chebval(x, np.eye(i + 1)[i])
+                        * chebyshev.chebval(y, np.eye(j + 1)[j]))
             np.testing.assert_allclose(terms[t], expected, atol=1e-14)
 
     @pytest.mark.parametrize("model", ["chebyshev1", "polynomial"])

@@ -1,2 +1,3 @@
 """Private numba kernels. Every jitted function lives here and has a plain
-NumPy twin in ``tests/naive.py``; public code validates inputs first."""
+NumPy twin in ``tests/naive.py``; public code validates inputs first.
+"""
