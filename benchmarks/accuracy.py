@@ -47,7 +47,9 @@ Best of a scan
     are reported (at the field centre for constant PSFs, over the field for
     the varying one). This selection uses the true target, which a user
     does not have: it flatters the peers. astropsfmatch is run with its
-    defaults (plus, in separate rows, one alternative configuration).
+    defaults and, in separate rows, two alternative configurations
+    (``ASTROPSFMATCH_CONFIGS``): a richer Alard-Lupton basis fitted on larger
+    stamps, and the delta-function basis without regularization.
 
 Varying PSF
     The peers build one kernel from the PSFs at the field centre (a constant
@@ -78,6 +80,7 @@ STAMP_SIZE = 4 * KERNEL_SIZE + 1
 #: (on top of kernel_size=KERNEL_SIZE). The first one is the default.
 ASTROPSFMATCH_CONFIGS = {
     "astropsfmatch (defaults)": {},
+    "astropsfmatch (richer AL basis)": {"alard_degrees": (6, 4, 4), "psf_size": 61},
     "astropsfmatch (delta-function basis)": {
         "kernel_basis": "delta-function", "use_regularization": False, "psf_size": 61},
 }
