@@ -346,7 +346,7 @@ def run_pair(pair, *, field=2048, n_positions=7, quick=False, methods=None):
         seconds = time.perf_counter() - start
         stats = [residual_stats(s, t, solution.kernel.evaluate(x, y))
                  for s, t, (x, y) in zip(sources, targets, positions, strict=True)]
-        results.append(Result(pair.name, label, "astropsfmatch", "", *_summarize(stats, centre),
+        results.append(Result(pair.name, label, label, "", *_summarize(stats, centre),
                               seconds=seconds,
                               extra={"stamp": candidates[0].source.shape[0],
                                      "candidates": len(candidates)}))

@@ -2,14 +2,14 @@
 
 Usage::
 
-    python benchmarks/run.py                      # full run (about 10 minutes)
-    python benchmarks/run.py --quick              # small sizes, a minute or two
+    python benchmarks/run.py                      # full run (about 8 minutes)
+    python benchmarks/run.py --quick              # small sizes, under a minute
     python benchmarks/run.py --output DIR         # default: benchmarks/results
     python benchmarks/run.py --only accuracy      # or: --only speed
 
 Writes to the output directory ``speed.md`` and ``accuracy.md`` (Markdown
 tables), the same tables as CSV (used by ``docs/performance.rst``),
-``results.json`` (every raw figure) and ``benchmarks.png``; with the default
+``results.json`` (raw figures) and ``benchmarks.png``; with the default
 output directory the plot is also copied to ``docs/_static/performance/``.
 
 Timings on a shared machine are noisy: before the speed part the script waits
@@ -106,57 +106,67 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
+def _rst_cell(cell):
+    """A Markdown table cell as reStructuredText: ``code``, no bold markers."""
+    return str(cell).replace("**", "").replace("`", "``")
+
+
 def write_csv(path, header, rows):
+    """The table as CSV with reStructuredText inline markup (for ``csv-table``)."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([[str(c).replace("**", "") for c in row] for row in rows])
+        writer.writerow([_rst_cell(c) for c in header])
+        writer.writerows([[_rst_cell(c) for c in row] for row in rows])
 
 
 def speed_tables(result):
     """(title, header, rows, csv name) of every speed table."""
     e2e = result["end_to_end"]
     med, stages = e2e["medians"], e2e["stages"]
+    cpu = e2e.get("cpu_medians", {})
     base = med["fftconvolve"]
     n = len(e2e["times"]["match"])
     size = result["size"]
     ratio = med["match"] / base
     verdict = ("meets the ≤ 4× target" + (" and the 2× goal" if ratio <= MATCH_GOAL else "")
                if ratio <= MATCH_TARGET else "**misses the ≤ 4× target**")
+
+    def row(label, key, note=""):
+        cpu_cells = ((_fmt(cpu[key]), _fmt(cpu[key] / cpu["fftconvolve"], ".2f"))
+                     if key in cpu else ("–", "–"))
+        return (label, _fmt(med[key]), _fmt(med[key] / base, ".2f"), *cpu_cells, note)
+
+    def stage(label, key):
+        return (label, _fmt(stages[key]), _fmt(stages[key] / base, ".2f"), "", "", "")
+
+    def versus(key):
+        if med["match"] < med[key]:
+            return f"astropsfmatch is {med[key] / med['match']:.2f}× faster"
+        return f"**astropsfmatch is {med['match'] / med[key]:.2f}× slower**"
+
     end_to_end = [
-        ("`scipy.signal.fftconvolve(data, K, mode='same')`, one constant 21×21 float32 kernel, "
-         "data only", _fmt(base), "1.00", "reference"),
-        ("astropsfmatch `ModelPsfMatcher().match` (data + variance + mask, spatially varying "
-         "kernel)", _fmt(med["match"]), _fmt(ratio, ".2f"), verdict),
-        ("  of which PSF realization", _fmt(stages["psf_realization"]),
-         _fmt(stages["psf_realization"] / base, ".2f"), ""),
-        ("  of which kernel solution", _fmt(stages["kernel_solution"]),
-         _fmt(stages["kernel_solution"] / base, ".2f"), ""),
-        ("  of which convolution (data, variance, mask)", _fmt(stages["convolution"]),
-         _fmt(stages["convolution"] / base, ".2f"), ""),
-        ("  of which output CCDData and weights", _fmt(stages["output"]),
-         _fmt(stages["output"] / base, ".2f"), ""),
-        ("astropsfmatch `convolve_spatially_varying(data, kernel)` alone (data only, no "
-         "variance or mask)", _fmt(med["convolve_data_only"]),
-         _fmt(med["convolve_data_only"] / base, ".2f"), "")
-        if "convolve_data_only" in med else None,
-        ("photutils `make_kernel` (TukeyWindow) + `astropy.convolution.convolve_fft(data, K, "
-         "mask=mask)`, data only", _fmt(med["photutils_convolve_fft"]),
-         _fmt(med["photutils_convolve_fft"] / base, ".2f"),
-         f"astropsfmatch is {med['photutils_convolve_fft'] / med['match']:.2f}× faster"
-         if med["match"] < med["photutils_convolve_fft"] else
-         f"**astropsfmatch is {med['match'] / med['photutils_convolve_fft']:.2f}× slower**"),
-        ("photutils `make_kernel` + `convolve_fft` of data and of variance (K²)",
-         _fmt(med["photutils_convolve_fft_variance"]),
-         _fmt(med["photutils_convolve_fft_variance"] / base, ".2f"),
-         f"astropsfmatch is {med['photutils_convolve_fft_variance'] / med['match']:.2f}× faster"
-         if med["match"] < med["photutils_convolve_fft_variance"] else
-         f"**astropsfmatch is {med['match'] / med['photutils_convolve_fft_variance']:.2f}× "
-         "slower**"),
+        row("`scipy.signal.fftconvolve(data, K, mode='same')`, one constant 21×21 float32 "
+            "kernel, data only (single-threaded)", "fftconvolve", "reference"),
+        row("astropsfmatch `ModelPsfMatcher().match` (data + variance + mask, spatially "
+            "varying kernel; 2 threads)", "match", verdict),
+        stage("↳ PSF realization", "psf_realization"),
+        stage("↳ kernel solution", "kernel_solution"),
+        stage("↳ convolution (data, variance, mask)", "convolution"),
+        stage("↳ output CCDData and weights", "output"),
     ]
-    end_to_end = [row for row in end_to_end if row is not None]
+    if "convolve_data_only" in med:
+        end_to_end.append(row("astropsfmatch `convolve_spatially_varying(data, kernel)` alone "
+                              "(data only, no variance or mask)", "convolve_data_only"))
+    end_to_end += [
+        row("photutils `make_kernel` (TukeyWindow) + `astropy.convolution.convolve_fft(data, "
+            "K, mask=mask)`, data only", "photutils_convolve_fft",
+            versus("photutils_convolve_fft")),
+        row("photutils `make_kernel` + `convolve_fft` of data and of variance (K²)",
+            "photutils_convolve_fft_variance", versus("photutils_convolve_fft_variance")),
+    ]
     tables = [(f"End to end, {size}×{size} float32 image (median of {n} interleaved runs)",
-               ["operation", "wall time [s]", "÷ fftconvolve", "note"], end_to_end, "speed")]
+               ["operation", "wall time [s]", "÷ fftconvolve", "CPU time [s]",
+                "CPU ÷ fftconvolve", "note"], end_to_end, "speed")]
 
     solve_rows = []
     for s in result["solve"]:
@@ -316,78 +326,91 @@ def write_tables(path, title, tables, preamble=""):
 
 
 def make_plot(path, speed_result=None, accuracy_results=None, pairs=None):
-    """Accuracy bars (log), speed bars and numba speed-ups in one PNG."""
+    """Accuracy bars (log) on top; speed bars and numba speed-ups below; one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = int(accuracy_results is not None) + 2 * int(speed_result is not None)
-    if panels == 0:
+    if speed_result is None and accuracy_results is None:
         return
-    widths = ([2.2] if accuracy_results is not None else []) + (
-        [1.0, 1.0] if speed_result is not None else [])
-    fig, axes = plt.subplots(1, len(widths), figsize=(5.0 * sum(widths) + 1, 5.2),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
-    axes = list(axes[0])
+    rows = int(accuracy_results is not None) + int(speed_result is not None)
+    fig = plt.figure(figsize=(12.5, 5.2 * rows))
+    grid = fig.add_gridspec(rows, 2, width_ratios=[1.3, 1.0])
+    row = 0
     if accuracy_results is not None:
-        ax = axes.pop(0)
+        ax = fig.add_subplot(grid[row, :])
+        row += 1
         best = accuracy.best_by_method(accuracy_results)
         methods = sorted({r.method for r in best}, key=_method_order)
         width = 0.8 / len(methods)
         for m, method in enumerate(methods):
             values = []
             for pair in pairs:
-                row = next((r for r in best if r.pair == pair.name and r.method == method), None)
-                values.append(row.key if row is not None else np.nan)
+                match = next((r for r in best if r.pair == pair.name and r.method == method),
+                             None)
+                values.append(match.key if match is not None else np.nan)
             ax.bar(np.arange(len(pairs)) + (m - (len(methods) - 1) / 2) * width, values, width,
-                   label=method.replace("astropsfmatch ", "astropsfmatch\n"))
+                   label=method, color=f"C{m}",
+                   hatch="" if method.startswith("astropsfmatch") else "//",
+                   edgecolor="white" if method.startswith("astropsfmatch") else "0.3",
+                   linewidth=0.3)
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(pairs)))
         ax.set_xticklabels([p.name.replace(" -> ", "\n→ ").replace(", ", ",\n")
-                            + ("\n(field max)" if p.varying else "") for p in pairs],
-                           fontsize=7)
+                            + ("\n(max over the field)" if p.varying else "") for p in pairs],
+                           fontsize=8)
         ax.set_ylabel("max |source ⊛ K − target| / target peak")
-        ax.set_title("Matching accuracy, 21×21 kernels (lower is better)")
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_title("Matching accuracy at equal 21×21 kernel support (lower is better; "
+                     "peers: best of a parameter scan)")
+        ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                  frameon=False)
         ax.grid(axis="y", alpha=0.3)
     if speed_result is not None:
-        ax = axes.pop(0)
+        ax = fig.add_subplot(grid[row, 0])
         med = speed_result["end_to_end"]["medians"]
         stages = speed_result["end_to_end"]["stages"]
-        labels = ["fftconvolve\n(constant K, data)", "astropsfmatch\nmatch",
-                  "photutils +\nconvolve_fft", "photutils +\nconvolve_fft\n(+ variance)"]
-        values = [med["fftconvolve"], med["match"], med["photutils_convolve_fft"],
-                  med["photutils_convolve_fft_variance"]]
-        ax.bar(range(4), values, color=["0.6", "C0", "C1", "C1"])
+        bars = [("fftconvolve\n(constant K,\ndata only)", med["fftconvolve"], "0.6"),
+                ("astropsfmatch\nmatch", med["match"], "C0")]
+        if "convolve_data_only" in med:
+            bars.append(("astropsfmatch\nconvolution,\ndata only", med["convolve_data_only"],
+                         "C9"))
+        bars += [("photutils +\nconvolve_fft", med["photutils_convolve_fft"], "C3"),
+                 ("photutils +\nconvolve_fft\n(+ variance)",
+                  med["photutils_convolve_fft_variance"], "C3")]
+        labels, values, colours = zip(*bars, strict=True)
+        ax.bar(range(len(bars)), values, color=colours)
         bottom = 0.0
-        for key, colour in (("psf_realization", "C2"), ("kernel_solution", "C3")):
-            ax.bar(1, stages[key], bottom=bottom, color=colour, width=0.5,
-                   label=key.replace("_", " "))
+        for key, colour in (("psf_realization", "C2"), ("kernel_solution", "C1"),
+                            ("convolution", "C4")):
+            ax.bar(1, stages[key], bottom=bottom, color=colour, width=0.45,
+                   label=f"match: {key.replace('_', ' ')}")
             bottom += stages[key]
         for i, value in enumerate(values):
             ax.text(i, value, f"{value:.2f} s\n{value / values[0]:.2f}×", ha="center",
                     va="bottom", fontsize=8)
-        ax.set_xticks(range(4))
-        ax.set_xticklabels(labels, fontsize=7)
-        ax.set_ylabel("wall time [s]")
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel("wall time [s] (median)")
         size = speed_result["size"]
-        ax.set_title(f"{size}×{size} float32 image, 2 CPUs")
-        ax.set_ylim(0, max(values) * 1.25)
+        load = speed_result["load_start"][0]
+        ax.set_title(f"{size}×{size} float32 image with variance and mask "
+                     f"({speed_result['cpus']} CPUs, load {load:.2f})", fontsize=10)
+        ax.set_ylim(0, max(values) * 1.2)
         ax.legend(fontsize=7, loc="upper left")
-        ax = axes.pop(0)
+        ax = fig.add_subplot(grid[row, 1])
         kernels = [k for k in speed_result["kernels"] if np.isfinite(k["speedup"])]
         ax.barh(range(len(kernels)), [k["speedup"] for k in kernels],
                 color=["C0" if k["speedup"] >= NUMBA_TARGET else "C3" for k in kernels])
         ax.axvline(NUMBA_TARGET, color="k", ls="--", lw=1, label="30× target")
         ax.set_xscale("log")
         ax.set_yticks(range(len(kernels)))
-        ax.set_yticklabels([k["kernel"].split(".")[-1] for k in kernels], fontsize=7)
-        ax.set_xlabel("speed-up over the NumPy twin")
-        ax.set_title("Numba kernels")
-        ax.legend(fontsize=7)
+        ax.set_yticklabels([k["kernel"] for k in kernels], fontsize=8)
+        ax.set_xlabel("speed-up over the NumPy twin in tests/naive.py")
+        ax.set_title("Numba kernels", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -415,15 +438,18 @@ def _results_from_json(raw):
     return results, pairs
 
 
+def _env_line(env):
+    return (f"Run {env['date']} on {env['cpus']} CPU(s) ({env['machine']}), Python "
+            f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+            + f"; git {env.get('git', 'unknown')}.")
+
+
 def report(raw, output, *, copy_to_docs=True):
     """Write the Markdown and CSV tables and the plot from the raw results."""
-    env = raw["environment"]
-    env_line = (f"Run {env['date']} on {env['cpus']} CPU(s) ({env['machine']}), Python "
-                f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-                + f"; git {env.get('git', 'unknown')}.")
     accuracy_results = pairs = None
     if "accuracy" in raw:
         part = raw["accuracy"]
+        env_line = _env_line(part.get("environment", raw["environment"]))
         accuracy_results, pairs = _results_from_json(raw)
         tables, losses = accuracy_tables(accuracy_results, pairs)
         configs = "; ".join(f"{label}: `MatchConfig(" + ", ".join(
@@ -448,6 +474,7 @@ def report(raw, output, *, copy_to_docs=True):
             write_csv(output / f"{name}.csv", header, rows)
     speed_result = raw.get("speed")
     if speed_result is not None:
+        env_line = _env_line(speed_result.get("environment", raw["environment"]))
         tables = speed_tables(speed_result)
         waited = speed_result["waited"]
         load = (f"1-minute load average: {speed_result['load_start'][0]:.2f} at the start "
@@ -515,8 +542,12 @@ def main(argv=None):
         pairs = accuracy.psf_pairs(field, quick=quick)
         results, notes = accuracy.run(field=field, n_positions=n_positions, quick=quick,
                                       pairs=pairs)
-        raw["accuracy"] = {"results": [vars(r) for r in results], "notes": notes,
+        # the best variant of every family is all the tables need (each family's full
+        # parameter scan is ~300 rows per pair)
+        raw["accuracy"] = {"results": [vars(r) for r in accuracy.best_by_family(results)],
+                           "n_variants": len(results), "notes": notes,
                            "field": field, "n_positions": n_positions,
+                           "environment": raw["environment"],
                            "seconds": time.perf_counter() - start}
         saved.write_text(json.dumps(_to_json(raw), indent=1))
 
@@ -527,6 +558,7 @@ def main(argv=None):
         result = speed.run(size=size, repeat=repeat, naive_seconds=0.5 if quick else 2.0,
                            max_naive=1.0 if quick else 20.0, kernel_repeat=3 if quick else 7)
         result["waited"] = waited
+        result["environment"] = raw["environment"]
         result["seconds"] = time.perf_counter() - start
         raw["speed"] = result
         saved.write_text(json.dumps(_to_json(raw), indent=1))

@@ -8,7 +8,8 @@ Image
     FWHM grows from 3.0 px (centre) to 3.6 px (corners) with an ellipticity
     up to 0.1 (``accuracy.field_psf``); target: ``CircularGaussianPRF(fwhm=5)``.
 
-End to end (medians of ``repeat`` interleaved runs)
+End to end (medians of ``repeat`` interleaved runs after one untimed round;
+wall and process CPU time)
     * ``ModelPsfMatcher().match(ccd, target, source_psf=psf)``: defaults
       (21 x 21 kernel, spatial order 2, 128 px cells: 32 x 32 candidates).
     * ``scipy.signal.fftconvolve(data, kernel, mode='same')`` with one
@@ -180,19 +181,28 @@ def time_end_to_end(ccd, psf, target, *, repeat=3, verbose=True):
                  "convolve_data_only": run_convolve_data,
                  "photutils_convolve_fft": run_photutils,
                  "photutils_convolve_fft_variance": run_photutils_variance}
+    for function in functions.values():  # one untimed round: FFT plans, page faults
+        function()
+    stages.clear()
     times = {name: [] for name in functions}
+    cpu = {name: [] for name in functions}
     load = [os.getloadavg()[0]]
     for k in range(repeat):
         for name, function in functions.items():
-            times[name].append(median_time(function, 1)[1][0])
+            gc.collect()
+            wall, process = time.perf_counter(), time.process_time()
+            function()
+            times[name].append(time.perf_counter() - wall)
+            cpu[name].append(time.process_time() - process)
         load.append(os.getloadavg()[0])
         if verbose:
             print(f"  speed: end-to-end run {k + 1}/{repeat}: "
                   + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
     medians = {name: float(np.median(t)) for name, t in times.items()}
+    cpu_medians = {name: float(np.median(t)) for name, t in cpu.items()}
     stage_medians = {key: float(np.median([s[key] for s in stages])) for key in stages[0]}
-    return {"medians": medians, "times": times, "stages": stage_medians,
-            "load": load, "shape": list(ccd.shape)}
+    return {"medians": medians, "times": times, "cpu_medians": cpu_medians, "cpu": cpu,
+            "stages": stage_medians, "load": load, "shape": list(ccd.shape)}
 
 
 def time_solve(shape, psf, target, *, grow_cells, repeat=5):
