@@ -311,7 +311,10 @@ def _worker_threads():
         worker = get_worker()
     except (ImportError, ValueError):
         return None
-    return int(getattr(worker, "nthreads", None) or worker.state.nthreads)
+    # distributed >= 2023 keeps it on the worker state (the attribute warns)
+    state = getattr(worker, "state", None)
+    threads = getattr(state, "nthreads", None) or worker.nthreads
+    return int(threads)
 
 
 def _match_one(image, target_psf, source_psf, config, kernel_sum, outputs, overwrite,
