@@ -24,6 +24,9 @@ __all__ = ["MatchResult", "ModelPsfMatcher", "match_psf"]
 #: Largest PSF stamp used in the fit, in kernel sizes (plus one pixel).
 _MAX_STAMP_PER_KERNEL = 4
 
+#: Second-moment deficit (px²) of the target below which no deconvolution is reported.
+_DECONVOLUTION_TOLERANCE = 0.05
+
 
 @dataclass
 class MatchResult:
@@ -122,6 +125,49 @@ def _summary(values):
         return {"mean": np.nan, "median": np.nan, "std": np.nan, "max": np.nan}
     return {"mean": float(values.mean()), "median": float(np.median(values)),
             "std": float(values.std()), "max": float(values.max())}
+
+
+def _covariances(stamps):
+    """Second-moment matrices (n, 2, 2) of stamps (n, S, S) about their centroids, in px²."""
+    size = stamps.shape[-1]
+    d = np.arange(size, dtype=float) - size // 2
+    total = stamps.sum(axis=(1, 2))
+    px = stamps.sum(axis=1)  # profile along x
+    py = stamps.sum(axis=2)
+    mx, my = px @ d / total, py @ d / total
+    mxx = px @ d**2 / total - mx**2
+    myy = py @ d**2 / total - my**2
+    mxy = np.einsum("nyx,y,x->n", stamps, d, d) / total - mx * my
+    return np.stack([np.stack([mxx, mxy], -1), np.stack([mxy, myy], -1)], -2)
+
+
+def _deconvolution_depth(sources, targets):
+    """Per candidate, how much narrower (px², >= 0) the target is than the source
+    along its narrowest direction: the smallest eigenvalue of the difference of
+    their second-moment matrices, sign flipped; 0 where the target is broader
+    in every direction, as a convolution needs.
+    """
+    difference = _covariances(targets) - _covariances(sources)
+    return np.maximum(-np.linalg.eigvalsh(difference)[:, 0], 0.0)
+
+
+def _warn_if_deconvolving(sources, targets):
+    """Warn when the target PSF is narrower than the source PSF somewhere.
+
+    Matching to a narrower PSF is a deconvolution: the kernel oscillates and
+    the noise is amplified. Widths are compared through second moments of the
+    realized stamps, along every direction (elliptical PSFs included); a
+    tolerance of 0.05 px² absorbs pixelization.
+    """
+    depth = _deconvolution_depth(sources, targets)
+    bad = depth > _DECONVOLUTION_TOLERANCE
+    if bad.any():
+        msg = (f"target_psf is narrower than the source PSF at {int(bad.sum())} of "
+               f"{len(bad)} cells (second-moment variance smaller by up to "
+               f"{depth.max():.3g} px² along some direction): matching there is a "
+               "deconvolution, which amplifies noise and leaves residuals; use a broader "
+               "target, e.g. from common_target_psf")
+        warnings.warn(msg, AstropyUserWarning, stacklevel=4)
 
 
 def _fit_order_to_grid(config, grid):
@@ -242,6 +288,7 @@ class ModelPsfMatcher:
         centre = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
         target_stamp = target.stamps(np.array([centre[0]]), np.array([centre[1]]), size)[0]
         timings["psf_realization"] = time.perf_counter() - t0
+        _warn_if_deconvolving(sources, targets)
         log.debug(f"{grid.n_candidates} candidates, PSF stamps {size}x{size}, "
                   f"{basis.n_basis} basis functions of {basis.size}x{basis.size}")
 

@@ -366,3 +366,24 @@ def test_masked_array_input_keeps_its_mask():
     out = match_psf(data, CircularGaussianPRF(fwhm=5.0), source_psf=gaussian_stamp(15, 1.5),
                     cell_size=64).matched
     assert out.mask[90, 90] and out.mask[100, 100] and not out.mask[120, 120]
+
+
+class TestDeconvolutionWarning:
+    def test_narrower_target_warns(self):
+        with pytest.warns(AstropyUserWarning, match=r"target_psf is narrower than the source PSF "
+                                                    r"at 16 of 16 cells .* deconvolution"):
+            match_psf(np.zeros((256, 256)), CircularGaussianPRF(fwhm=3.0),
+                      source_psf=CircularGaussianPRF(fwhm=5.0), cell_size=64)
+
+    def test_elliptical_source_narrower_along_one_axis_warns(self):
+        # round target broader than the source's minor axis but not its major axis
+        source = gaussian_stamp(31, 3.0, sigma_y=1.2)
+        with pytest.warns(AstropyUserWarning, match="target_psf is narrower"):
+            match_psf(np.zeros((256, 256)), gaussian_stamp(31, 2.5), source_psf=source,
+                      cell_size=64)
+
+    def test_broader_target_is_quiet(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            match_psf(np.zeros((256, 256)), gaussian_stamp(31, 3.1),
+                      source_psf=gaussian_stamp(31, 3.0, sigma_y=1.2), cell_size=64)
