@@ -14,7 +14,7 @@ from ._logging import log
 from .basis import alard_lupton_sigmas
 from .cells import Candidate, CellGrid, psf_stamp_size
 from .config import MatchConfig
-from .convolve import convolve_spatially_varying
+from .convolve import _check_workers, convolve_spatially_varying
 from .nddata import build_matched_ccd, inverse_variance_weights, parse_image
 from .psf import _as_psf
 from .solve import KernelBasis, solve_spatial_kernel
@@ -260,10 +260,8 @@ class ModelPsfMatcher:
         """
         config = self.config
         kernel_sum = _check_kernel_sum(kernel_sum)
-        if workers is not None and (isinstance(workers, bool)
-                                    or not isinstance(workers, numbers.Integral) or workers < 1):
-            msg = f"workers must be None or an integer >= 1, got {workers!r}"
-            raise ValueError(msg)
+        if workers is not None:
+            workers = _check_workers(workers)
         timings = {}
         t0 = time.perf_counter()
         source = _as_psf(source_psf, name="source_psf", psf_size=config.psf_size)

@@ -20,7 +20,7 @@ from ._logging import log
 from .basis import _alard_lupton_parts, _renormalization, make_delta_function_basis
 from .cells import CandidateFit
 from .kernel import SpatialKernel
-from .spatial import spatial_terms
+from .spatial import normalize_coordinates, spatial_terms
 
 __all__ = ["KernelBasis", "KernelSolutionError", "SpatialSolution", "regularization_matrix",
            "solve_spatial_kernel"]
@@ -402,8 +402,7 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox, kernel_
     timings["candidate_fits"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    xn = (2.0 * np.asarray(x, float) - (bbox[0] + bbox[1])) / (bbox[1] - bbox[0])
-    yn = (2.0 * np.asarray(y, float) - (bbox[2] + bbox[3])) / (bbox[3] - bbox[2])
+    xn, yn = normalize_coordinates(x, y, bbox)
     terms = np.ascontiguousarray(spatial_terms(xn, yn, config.spatial_order,
                                                config.spatial_model).T)
     use = ~rejected
