@@ -52,3 +52,14 @@ def pytest_configure(config):
 def rng():
     """A freshly seeded random generator (never NumPy's global state)."""
     return np.random.default_rng(20260101)
+
+
+@pytest.fixture
+def quick_figures(monkeypatch):
+    """Tiny stand-ins for the figures: their content is tested in test_diagnostics."""
+    figure = pytest.importorskip("matplotlib.figure")
+    from astropsfmatch import diagnostics
+
+    for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
+                 "plot_spatial_coefficients"):
+        monkeypatch.setattr(diagnostics, name, lambda *a, **k: figure.Figure(figsize=(1, 1)))

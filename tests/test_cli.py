@@ -66,17 +66,6 @@ def write_science(path, *, uncertainty=True, mask=True, psf=True, bunit="electro
 
 
 @pytest.fixture
-def quick_figures(monkeypatch):
-    """Tiny stand-ins for the figures: their content is tested in test_diagnostics."""
-    figure = pytest.importorskip("matplotlib.figure")
-    from astropsfmatch import diagnostics
-
-    for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
-                 "plot_spatial_coefficients"):
-        monkeypatch.setattr(diagnostics, name, lambda *a, **k: figure.Figure(figsize=(1, 1)))
-
-
-@pytest.fixture
 def science(tmp_path):
     return write_science(tmp_path / "science.fits")
 

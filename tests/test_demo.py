@@ -13,17 +13,6 @@ from astropsfmatch.psf import _as_psf
 FITS_FILES = ["kernel.fits", "matched.fits", "science.fits", "weights.fits"]
 
 
-@pytest.fixture
-def quick_figures(monkeypatch):
-    """Tiny stand-ins for the figures: their content is tested in test_diagnostics."""
-    figure = pytest.importorskip("matplotlib.figure")
-    from astropsfmatch import diagnostics
-
-    for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
-                 "plot_spatial_coefficients"):
-        monkeypatch.setattr(diagnostics, name, lambda *a, **k: figure.Figure(figsize=(1, 1)))
-
-
 @pytest.fixture(scope="module")
 def demo():
     return make_demo_data(size=256, seed=4)
