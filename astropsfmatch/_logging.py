@@ -7,7 +7,7 @@ import logging
 
 from astropy.logger import AstropyLogger
 
-__all__ = ["log"]
+__all__ = []  # `log` is imported by the package, not part of its __all__
 
 
 def _make_logger():

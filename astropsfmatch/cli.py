@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from ._about import __version__
+from ._engine.moments import GAUSSIAN_SIGMA_TO_FWHM
 from ._logging import log
 
 __all__ = ["main", "parse_psf_spec"]
@@ -39,7 +40,6 @@ _PROG = "astropsfmatch"
 #: Analytic PSF kinds of ``--target-psf``/``--source-psf`` specs and their parameters.
 _SPEC_PARAMETERS = {"gaussian": ("fwhm", "sigma"), "moffat": ("fwhm", "alpha", "beta")}
 _MOFFAT_DEFAULT_BETA = 2.5
-_GAUSSIAN_SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 class CommandError(Exception):
@@ -125,7 +125,7 @@ def parse_psf_spec(spec):
         msg = f"{spec!r} must give exactly one width: {choices}"
         raise ValueError(msg)
     if kind == "gaussian":
-        fwhm = values.get("fwhm", values.get("sigma", 0.0) * _GAUSSIAN_SIGMA_TO_FWHM)
+        fwhm = values.get("fwhm", values.get("sigma", 0.0) * GAUSSIAN_SIGMA_TO_FWHM)
         return CircularGaussianPRF(fwhm=fwhm)
     beta = values.get("beta", _MOFFAT_DEFAULT_BETA)
     alpha = values.get("alpha")
@@ -159,7 +159,7 @@ def _read_psf_file(path, option):
     """A PSF from a FITS file: a PSFIMAGE extension, a 2-D image, or a GriddedPSFModel grid."""
     from astropy.io import fits
 
-    from .psf import _as_psf
+    from ._adapters.psf import as_psf
 
     _require_file(path, option)
     try:
@@ -186,7 +186,7 @@ def _read_psf_file(path, option):
             raise CommandError(msg) from exc
         return model
     try:
-        _as_psf(data, name=f"{option} {path}")
+        as_psf(data, name=f"{option} {path}")
     except (TypeError, ValueError) as exc:
         raise CommandError(_one_line(exc)) from exc
     return data.astype(np.float64)
@@ -275,34 +275,27 @@ class _Staging:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _write_ccd(ccd, path):
-    ccd.write(path, format="fits", overwrite=True)
+def _write_ccd(ccd, path, weights=None):
+    """A matched (or demo) image in the one on-disk layout, atomic and checksummed."""
+    from ._adapters.files import write_matched
 
-
-def _write_image(data, path, wcs=None, header=None):
-    from astropy.io import fits
-
-    out = fits.Header() if header is None else header.copy()
-    if wcs is not None:
-        out.update(wcs.to_header())
-    fits.PrimaryHDU(np.asarray(data), header=out).writeto(path, overwrite=True)
+    write_matched(ccd, path, weights=weights)
 
 
 def _write_weights(result, path):
     """Inverse-variance weights with the WCS, for reproject_and_coadd(input_weights=...)."""
     from astropy.io import fits
 
-    header = fits.Header()
-    header["EXTNAME"] = ("WEIGHTS", "inverse-variance weights, 0 where masked")
-    unit = result.matched.unit
-    if unit is not None:
-        try:
-            text = (unit**-2).to_string("fits")
-        except ValueError:  # a unit FITS does not know (e.g. electron)
-            text = (unit**-2).to_string()
-        header["BUNIT"] = (text, "1 / variance")
-    header["PSFMATCH"] = (True, "weights of a PSF-matched image (astropsfmatch)")
-    _write_image(result.weights, path, wcs=result.matched.wcs, header=header)
+    from ._adapters.files import weights_hdu, write_hdulist
+
+    hdu = weights_hdu(result.weights, result.matched)
+    write_hdulist(fits.HDUList([fits.PrimaryHDU(hdu.data, header=hdu.header)]), path)
+
+
+def _write_kernel(kernel, path):
+    from ._adapters.files import write_hdulist
+
+    write_hdulist(kernel.to_hdulist(), path)
 
 
 def _diagnostic_paths(directory):
@@ -312,10 +305,10 @@ def _diagnostic_paths(directory):
 
 
 def _require_matplotlib(option):
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise CommandError(f"{option} needs matplotlib: pip install matplotlib") from None
+    from ._optional import available
+
+    if not available("matplotlib"):
+        raise CommandError(f"{option} needs matplotlib: pip install matplotlib")
 
 
 # --------------------------------------------------------------------------- options
@@ -531,8 +524,8 @@ def _read_science(path, unit):
 
 
 def _run_match(args, parser):
-    from .matcher import ModelPsfMatcher
-    from .solve import KernelSolutionError
+    from ._engine.solve import KernelSolutionError
+    from ._workflow.matcher import ModelPsfMatcher
 
     start = time.perf_counter()
     config = _match_config(args, parser)
@@ -572,11 +565,11 @@ def _run_match(args, parser):
 
     staging = _Staging(args.output.parent)
     try:
-        _write_ccd(result.matched, staging.path(args.output))
+        _write_ccd(result.matched, staging.path(args.output), weights=result.weights)
         if args.weights is not None:
             _write_weights(result, staging.path(args.weights))
         if args.save_kernel is not None:
-            result.kernel.write(staging.path(args.save_kernel))
+            _write_kernel(result.kernel, staging.path(args.save_kernel))
         if args.diagnostics is not None:
             from .diagnostics import save_diagnostics
 
@@ -603,16 +596,15 @@ def _run_match(args, parser):
 
 
 def _run_demo(args, parser):
+    from ._adapters.psf import as_psf
+    from ._optional import available
+    from ._workflow.matcher import ModelPsfMatcher
     from .config import MatchConfig
     from .demo import demo_cell_size, make_demo_data, measure_fwhm
-    from .matcher import ModelPsfMatcher
-    from .psf import _as_psf
 
     figures = not args.no_figures
     if figures:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
+        if not available("matplotlib"):
             figures = False
             print("matplotlib is not installed: skipping the diagnostic figures "
                   "(pip install matplotlib)")
@@ -641,7 +633,7 @@ def _run_demo(args, parser):
     t0 = time.perf_counter()
     x, y = demo.probes
     target_fwhm = float(demo.target_psf.fwhm.value)
-    model_fwhm = _as_psf(demo.psf_model).fwhm(x, y)
+    model_fwhm = as_psf(demo.psf_model).fwhm(x, y)
     before = measure_fwhm(demo.ccd.data, x, y, mask=demo.ccd.mask, fwhm=float(model_fwhm.mean()))
     after = measure_fwhm(result.matched.data, x, y, mask=result.matched.mask, fwhm=target_fwhm)
     times["FWHM fits"] = time.perf_counter() - t0
@@ -650,9 +642,9 @@ def _run_demo(args, parser):
     staging = _Staging(folder)
     try:
         _write_ccd(demo.ccd, staging.path(files["science"]))
-        _write_ccd(result.matched, staging.path(files["matched"]))
+        _write_ccd(result.matched, staging.path(files["matched"]), weights=result.weights)
         _write_weights(result, staging.path(files["weights"]))
-        result.kernel.write(staging.path(files["kernel"]))
+        _write_kernel(result.kernel, staging.path(files["kernel"]))
         times["write FITS"] = time.perf_counter() - t0
         if figures:
             from .diagnostics import save_diagnostics

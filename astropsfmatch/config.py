@@ -1,190 +1,36 @@
 """Configuration of the PSF matching: `MatchConfig`, a validated dataclass."""
 
 import dataclasses
-import math
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
+from ._validate import (
+    check_bool,
+    choice,
+    fail,
+    integer,
+    integer_tuple,
+    is_int,
+    is_vector,
+    optional,
+    real,
+    real_tuple,
+    subset,
+)
 
 __all__ = ["MatchConfig"]
 
 
-# ---------------------------------------------------------------------------
-# Value checkers. Each takes (name, value) and returns the normalized value or
-# raises ValueError naming the field, the value and what is allowed.
-# ---------------------------------------------------------------------------
-
-
-def _fail(name, value, allowed):
-    msg = f"{name} must be {allowed}, got {value!r}"
-    raise ValueError(msg)
-
-
-def _is_int(value):
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def _is_real(value):
-    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(
-        value, bool | np.bool_
-    ):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _is_vector(value):
-    """True for a list, tuple or other non-string sequence, or a 1-D array."""
-    if isinstance(value, np.ndarray):
-        return value.ndim == 1
-    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
-
-
-def _as_items(name, value, allowed, *, allow_sets=False):
-    """Return the items of a non-empty 1-D sequence (list, tuple, 1-D array)."""
-    is_set = allow_sets and isinstance(value, Set)
-    if not (_is_vector(value) or is_set) or len(value) == 0:
-        _fail(name, value, allowed)
-    return list(value)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool | np.bool_):
-        _fail(name, value, "True or False")
-    return bool(value)
-
-
-def _choice(*options):
-    allowed = "one of " + ", ".join(repr(option) for option in options)
-
-    def check(name, value):
-        for option in options:
-            # Compare kinds as well as values: True == 1 and 5.0 == 5 must not pass.
-            if isinstance(option, str):
-                if isinstance(value, str) and value == option:
-                    return option
-            elif _is_int(value) and value == option:
-                return option
-        _fail(name, value, allowed)
-
-    check.allowed = allowed
-    return check
-
-
-def _integer(minimum, *, odd=False, even=False):
-    parity = "an odd " if odd else "an even " if even else "an "
-    allowed = f"{parity}integer >= {minimum}"
-
-    def check(name, value):
-        if (
-            not _is_int(value)
-            or value < minimum
-            or (odd and value % 2 != 1)
-            or (even and value % 2 != 0)
-        ):
-            _fail(name, value, allowed)
-        return int(value)
-
-    check.allowed = allowed
-    return check
-
-
-def _real(*, gt=None, ge=None, le=None):
-    bounds = []
-    if gt is not None:
-        bounds.append(f"> {gt}")
-    if ge is not None:
-        bounds.append(f">= {ge}")
-    if le is not None:
-        bounds.append(f"<= {le}")
-    allowed = "a finite number " + " and ".join(bounds) if bounds else "a finite number"
-    if ge is not None and le is not None:
-        allowed = f"a number in [{ge}, {le}]"
-
-    def check(name, value):
-        if (
-            not _is_real(value)
-            or (gt is not None and not value > gt)
-            or (ge is not None and not value >= ge)
-            or (le is not None and not value <= le)
-        ):
-            _fail(name, value, allowed)
-        return float(value)
-
-    check.allowed = allowed
-    return check
-
-
-def _optional(checker):
-    allowed = f"None or {checker.allowed}"
-
-    def check(name, value):
-        if value is None:
-            return None
-        try:
-            return checker(name, value)
-        except ValueError:
-            pass
-        _fail(name, value, allowed)
-
-    check.allowed = allowed
-    return check
-
-
-def _real_tuple(*, gt):
-    allowed = f"a non-empty sequence of finite numbers > {gt}"
-
-    def check(name, value):
-        items = _as_items(name, value, allowed)
-        if not all(_is_real(item) and item > gt for item in items):
-            _fail(name, value, allowed)
-        return tuple(float(item) for item in items)
-
-    check.allowed = allowed
-    return check
-
-
-def _integer_tuple(minimum):
-    allowed = f"a non-empty sequence of integers >= {minimum}"
-
-    def check(name, value):
-        items = _as_items(name, value, allowed)
-        if not all(_is_int(item) and item >= minimum for item in items):
-            _fail(name, value, allowed)
-        return tuple(int(item) for item in items)
-
-    check.allowed = allowed
-    return check
-
-
-def _subset(*options):
-    allowed = "a non-empty set of distinct integers from {" + ", ".join(map(str, options)) + "}"
-
-    def check(name, value):
-        items = _as_items(name, value, allowed, allow_sets=True)
-        if not all(_is_int(item) and item in options for item in items):
-            _fail(name, value, allowed)
-        if len(set(items)) != len(items):
-            _fail(name, value, allowed)
-        return tuple(sorted(int(item) for item in items))
-
-    check.allowed = allowed
-    return check
-
-
 def _cell_size(name, value):
     allowed = "an integer >= 32 or a pair (ny, nx) of integers >= 32"
-    if _is_int(value):
+    if is_int(value):
         items = [value, value]
-    elif _is_vector(value):
+    elif is_vector(value):
         items = list(value)
     else:
-        _fail(name, value, allowed)
-    if len(items) != 2 or not all(_is_int(item) and item >= 32 for item in items):
-        _fail(name, value, allowed)
+        fail(name, value, allowed, wrong_type=True)
+    if len(items) != 2 or not all(is_int(item) and item >= 32 for item in items):
+        fail(name, value, allowed)
     return (int(items[0]), int(items[1]))
 
 
@@ -347,44 +193,44 @@ class MatchConfig:
     ValueError: kernel_size must be an odd integer >= 3, got 20
     """
 
-    kernel_basis: str = _option("alard-lupton", _choice("alard-lupton", "delta-function"))
-    kernel_size: int = _option(21, _integer(3, odd=True))
-    scale_by_fwhm: bool = _option(False, _check_bool)
-    kernel_size_fwhm_scaling: float = _option(6.0, _real(gt=0))
-    kernel_size_min: int = _option(21, _integer(3, odd=True))
-    kernel_size_max: int = _option(35, _integer(3, odd=True))
-    alard_sigmas: tuple[float, ...] = _option((0.7, 1.5, 3.0), _real_tuple(gt=0))
-    alard_degrees: tuple[int, ...] = _option((4, 2, 2), _integer_tuple(0))
-    alard_min_sigma: float = _option(0.7, _real(gt=0))
-    alard_min_sigma_deconv: float = _option(0.4, _real(gt=0))
-    alard_degree_deconv: int = _option(3, _integer(0))
-    alard_gauss_beta: float = _option(2.0, _real(gt=1))
-    spatial_model: str = _option("chebyshev1", _choice("chebyshev1", "polynomial"))
-    spatial_order: int = _option(2, _integer(0))
+    kernel_basis: str = _option("alard-lupton", choice("alard-lupton", "delta-function"))
+    kernel_size: int = _option(21, integer(3, odd=True))
+    scale_by_fwhm: bool = _option(False, check_bool)
+    kernel_size_fwhm_scaling: float = _option(6.0, real(gt=0))
+    kernel_size_min: int = _option(21, integer(3, odd=True))
+    kernel_size_max: int = _option(35, integer(3, odd=True))
+    alard_sigmas: tuple[float, ...] = _option((0.7, 1.5, 3.0), real_tuple(gt=0))
+    alard_degrees: tuple[int, ...] = _option((4, 2, 2), integer_tuple(0))
+    alard_min_sigma: float = _option(0.7, real(gt=0))
+    alard_min_sigma_deconv: float = _option(0.4, real(gt=0))
+    alard_degree_deconv: int = _option(3, integer(0))
+    alard_gauss_beta: float = _option(2.0, real(gt=1))
+    spatial_model: str = _option("chebyshev1", choice("chebyshev1", "polynomial"))
+    spatial_order: int = _option(2, integer(0))
     cell_size: tuple[int, int] = _option((128, 128), _cell_size)
-    grow_cells: int = _option(0, _integer(0))
-    auto_pad_psf: bool = _option(True, _check_bool)
-    auto_pad_psf_to: float = _option(1.4, _real(ge=1, le=2))
-    pad_psf_by: int = _option(0, _integer(0, even=True))
-    psf_size: int | None = _option(None, _optional(_integer(3, odd=True)))
-    use_pca_for_spatial_kernel: bool = _option(False, _check_bool)
-    num_principal_components: int = _option(5, _integer(1))
-    subtract_mean_for_pca: bool = _option(True, _check_bool)
-    use_regularization: bool = _option(True, _check_bool)
+    grow_cells: int = _option(0, integer(0))
+    auto_pad_psf: bool = _option(True, check_bool)
+    auto_pad_psf_to: float = _option(1.4, real(ge=1, le=2))
+    pad_psf_by: int = _option(0, integer(0, even=True))
+    psf_size: int | None = _option(None, optional(integer(3, odd=True)))
+    use_pca_for_spatial_kernel: bool = _option(False, check_bool)
+    num_principal_components: int = _option(5, integer(1))
+    subtract_mean_for_pca: bool = _option(True, check_bool)
+    use_regularization: bool = _option(True, check_bool)
     regularization_type: str = _option(
-        "central-difference", _choice("central-difference", "forward-difference")
+        "central-difference", choice("central-difference", "forward-difference")
     )
-    central_regularization_stencil: int = _option(9, _choice(5, 9))
-    forward_regularization_orders: tuple[int, ...] = _option((1, 2), _subset(0, 1, 2))
-    regularization_border_penalty: float = _option(3.0, _real(ge=0))
-    lambda_type: str = _option("relative", _choice("absolute", "relative"))
-    lambda_value: float = _option(0.2, _real(ge=0))
-    lambda_scaling: float = _option(1e-4, _real(gt=0))
-    check_condition_number: bool = _option(False, _check_bool)
-    max_condition_number: float | None = _option(None, _optional(_real(gt=0)))
-    condition_number_type: str = _option("eigenvalue", _choice("eigenvalue", "svd"))
-    max_spatial_condition_number: float = _option(1e10, _real(gt=0))
-    constant_variance_weighting: bool = _option(True, _check_bool)
+    central_regularization_stencil: int = _option(9, choice(5, 9))
+    forward_regularization_orders: tuple[int, ...] = _option((1, 2), subset(0, 1, 2))
+    regularization_border_penalty: float = _option(3.0, real(ge=0))
+    lambda_type: str = _option("relative", choice("absolute", "relative"))
+    lambda_value: float = _option(0.2, real(ge=0))
+    lambda_scaling: float = _option(1e-4, real(gt=0))
+    check_condition_number: bool = _option(False, check_bool)
+    max_condition_number: float | None = _option(None, optional(real(gt=0)))
+    condition_number_type: str = _option("eigenvalue", choice("eigenvalue", "svd"))
+    max_spatial_condition_number: float = _option(1e10, real(gt=0))
+    constant_variance_weighting: bool = _option(True, check_bool)
 
     def __post_init__(self):
         # The one place where options are validated and normalized.

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._validate import integer
+
 __all__ = ["DemoData", "demo_cell_size", "demo_psf_fwhm", "make_demo_data",
            "measure_fwhm"]
 
@@ -72,13 +74,6 @@ class DemoData:
         """``(x, y)`` arrays of the probe stars."""
         probe = np.asarray(self.stars["probe"])
         return (np.asarray(self.stars["x"])[probe], np.asarray(self.stars["y"])[probe])
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, got {value!r}"
-        raise ValueError(msg)
-    return int(value)
 
 
 def demo_psf_fwhm(x, y, size):
@@ -226,11 +221,11 @@ def make_demo_data(*, size=1024, n_stars=None, seed=0):
     from astropy.nddata import CCDData, StdDevUncertainty
     from photutils.psf import CircularGaussianPRF
 
-    size = _check_int("size", size, 128)
-    seed = _check_int("seed", seed, 0)
+    size = integer(128)("size", size)
+    seed = integer(0)("seed", seed)
     if n_stars is None:
         n_stars = max(20, round(_STARS_PER_MEGAPIXEL * (size / 1024) ** 2))
-    n_stars = _check_int("n_stars", n_stars, 0)
+    n_stars = integer(0)("n_stars", n_stars)
     rng = np.random.default_rng(seed)
 
     psf_model, broadest = _psf_grid(size)

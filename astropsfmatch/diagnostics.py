@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._engine.kernel import SpatialKernel
+from ._optional import require
+from ._validate import integer
+
 __all__ = ["DIAGNOSTIC_FILES", "plot_basis", "plot_candidates", "plot_cells",
            "plot_kernel_mosaic", "plot_spatial_coefficients", "save_diagnostics",
            "select_candidates", "spatial_residual"]
@@ -48,18 +52,11 @@ def _new_figure(figure, figsize):
     """A Figure to draw into: the given one, or a new one with no pyplot involved."""
     if figure is not None:
         return figure
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        msg = "the diagnostic figures need matplotlib: pip install matplotlib"
-        raise ImportError(msg) from exc
-    return Figure(figsize=figsize)
+    return require("matplotlib.figure", "the diagnostic figures need").Figure(figsize=figsize)
 
 
 def _kernel_of(result):
     """The SpatialKernel of a MatchResult, or the argument itself if it is one."""
-    from .kernel import SpatialKernel
-
     if isinstance(result, SpatialKernel):
         return result
     kernel = getattr(result, "kernel", None)
@@ -85,10 +82,7 @@ def _image_shape(result, shape):
 
 
 def _check_count(name, value, minimum=1):
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, got {value!r}"
-        raise ValueError(msg)
-    return int(value)
+    return integer(minimum)(name, value)
 
 
 def _spread(n, k):
@@ -158,6 +152,8 @@ def spatial_residual(result, candidate):
     -------
     residual : ndarray, shape (V, V)
     """
+    if candidate.spatial_residual is not None:  # kept by the solver
+        return candidate.spatial_residual
     from scipy.signal import fftconvolve
 
     kernel = result.kernel.evaluate(candidate.x, candidate.y)
@@ -289,20 +285,12 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
 
 
 def _basis_labels(result, n_basis):
-    """Labels of the basis images: Gaussian width and polynomial powers for Alard-Lupton."""
-    labels = [f"B{i}" for i in range(n_basis)]
-    meta = getattr(result, "metadata", None) or {}
-    basis = meta.get("basis", {})
-    if basis.get("kind") == "alard-lupton":
-        k = 0
-        # the order of astropsfmatch.basis: per sigma, x power outer, y power inner
-        for sigma, degree in zip(basis["sigmas"], basis["degrees"], strict=True):
-            for a in range(degree + 1):
-                for b in range(degree + 1 - a):
-                    if k < n_basis:
-                        labels[k] = f"B{k} σ={sigma:g} u{a}v{b}"
-                    k += 1
-    return labels
+    """Labels of the basis images (Gaussian width and polynomial powers for Alard-Lupton)."""
+    # a MatchResult's KernelBasis (a SpatialKernel's basis is a plain array)
+    labels = getattr(getattr(result, "basis", None), "labels", None)
+    if labels is not None and len(labels) == n_basis:
+        return labels
+    return [f"B{i}" for i in range(n_basis)]
 
 
 def plot_basis(result, *, max_functions=100, figure=None):

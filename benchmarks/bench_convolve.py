@@ -1,4 +1,4 @@
-"""Benchmark of the exact spatially varying convolution (astropsfmatch.convolve).
+"""Benchmark of the exact spatially varying convolution (astropsfmatch._engine.convolve).
 
 Times ``convolve_spatially_varying`` on a large float32 image with variance and
 mask against one ``scipy.signal.fftconvolve(data, kernel, mode='same')`` with a
@@ -28,11 +28,11 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 
-from astropsfmatch import convolve as convolve_module
-from astropsfmatch.basis import make_alard_lupton_basis
-from astropsfmatch.convolve import _squared_monomials, _tiling, convolve_spatially_varying
-from astropsfmatch.kernel import SpatialKernel
-from astropsfmatch.spatial import n_spatial_terms
+from astropsfmatch._engine import convolve as convolve_module
+from astropsfmatch._engine.basis import make_alard_lupton_basis
+from astropsfmatch._engine.convolve import _squared_monomials, _tiling, convolve_spatially_varying
+from astropsfmatch._engine.kernel import SpatialKernel
+from astropsfmatch._engine.spatial import n_spatial_terms
 
 
 def make_inputs(size, kernel_size, order, seed=1):

@@ -34,8 +34,8 @@ from astropy.wcs import WCS
 from photutils.psf import CircularGaussianPRF, GriddedPSFModel
 
 from astropsfmatch import MatchConfig
-from astropsfmatch.parallel import match_many
-from astropsfmatch.target import common_target_psf
+from astropsfmatch._workflow.many import match_many
+from astropsfmatch._workflow.target import common_target_psf
 
 HALF = 12  # stars drawn on 25 x 25 cutouts
 

@@ -1,6 +1,6 @@
 """Benchmark: realizing GriddedPSFModel stamps at many positions.
 
-Compares astropsfmatch's vectorized path (``_as_psf(model).stamps(x, y, size)``:
+Compares astropsfmatch's vectorized path (``as_psf(model).stamps(x, y, size)``:
 bilinear weights times per-ePSF templates, one matrix product) with a Python
 loop over photutils' own per-position evaluation (``GriddedPSFModel.evaluate``
 centred at each position, then normalized), checks that they agree, and prints
@@ -19,7 +19,7 @@ import numpy as np
 from astropy.nddata import NDData
 from photutils.psf import GaussianPSF, GriddedPSFModel
 
-from astropsfmatch.psf import _as_psf
+from astropsfmatch._adapters.psf import as_psf
 
 
 def make_model(grid, epsf_size, oversampling, field=1024):
@@ -78,7 +78,7 @@ def main(argv=None):
     y = rng.uniform(0, 1023, args.npos)
 
     start = time.perf_counter()
-    psf = _as_psf(model)
+    psf = as_psf(model)
     size = psf.native_size(x, y) if args.size is None else args.size
     cold_stamps = psf.stamps(x, y, size)
     cold = time.perf_counter() - start
@@ -105,7 +105,7 @@ def main(argv=None):
     rows = [
         ("photutils evaluate, Python loop (cold)", loop),
         ("photutils evaluate, Python loop (warm)", loop_warm),
-        ("astropsfmatch _as_psf + stamps (cold)", cold),
+        ("astropsfmatch as_psf + stamps (cold)", cold),
         ("astropsfmatch stamps (warm)", fast),
     ]
     for label, seconds in rows:

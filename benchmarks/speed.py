@@ -31,7 +31,7 @@ Kernel solution alone
     4096 x 4096) and with the default grid (32 x 32 = 1,024).
 
 Numba kernels
-    Each jitted function in ``astropsfmatch._kernels`` against its twin in
+    Each jitted function in ``astropsfmatch._engine._numba`` against its twin in
     ``tests/naive.py`` on the same input (the fitting kernels take the
     candidate axis last, the twins first: the input is transposed once,
     outside the timing). The input is the kernel's share of the 4096 x 4096
@@ -69,7 +69,7 @@ from astropy.nddata import CCDData, VarianceUncertainty
 from photutils.psf import CircularGaussianPRF
 
 from astropsfmatch import MatchConfig, ModelPsfMatcher, realize_psf
-from astropsfmatch.convolve import convolve_spatially_varying
+from astropsfmatch._engine.convolve import convolve_spatially_varying
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
@@ -230,15 +230,15 @@ def time_psf_loop(psf, shape):
         sys.path.insert(0, str(HERE))
     from bench_psf import loop_stamps
 
-    from astropsfmatch.cells import CellGrid
-    from astropsfmatch.psf import _as_psf
+    from astropsfmatch._adapters.psf import as_psf
+    from astropsfmatch._engine.grid import CellGrid
 
     x, y = CellGrid(shape, (128, 128)).positions()
     start = time.perf_counter()
     reference = loop_stamps(psf, x, y, 31)
     loop = time.perf_counter() - start
-    fast, _ = median_time(lambda: _as_psf(psf).stamps(x, y, 31), 3)
-    stamps = _as_psf(psf).stamps(x, y, 31)
+    fast, _ = median_time(lambda: as_psf(psf).stamps(x, y, 31), 3)
+    stamps = as_psf(psf).stamps(x, y, 31)
     error = float(np.max(np.abs(stamps - reference)) / reference.max())
     return {"n": int(x.size), "loop": loop, "astropsfmatch": fast, "max_difference": error}
 
@@ -268,7 +268,7 @@ class KernelCase:
 
 
 def _fitting_inputs(rng, n, size=31):
-    from astropsfmatch.basis import _alard_lupton_parts
+    from astropsfmatch._engine.basis import _alard_lupton_parts
 
     images, _, x_factors, y_factors = _alard_lupton_parts(KERNEL_SIZE, (0.7, 1.5, 3.0), (4, 2, 2))
     distinct, x_index = np.unique(x_factors, axis=0, return_inverse=True)
@@ -305,7 +305,7 @@ def _close(a, b):
 def _make_separable(rng, n):
     from naive import naive_separable_convolve_valid
 
-    from astropsfmatch._kernels import fitting
+    from astropsfmatch._engine._numba import fitting
 
     stamps, distinct, y_factors, x_index, _ = _fitting_inputs(rng, n)
     return _pair(fitting.separable_convolve_valid, naive_separable_convolve_valid,
@@ -317,7 +317,7 @@ def _make_separable(rng, n):
 def _make_convolve_valid(rng, n):
     from naive import naive_convolve_valid
 
-    from astropsfmatch._kernels import fitting
+    from astropsfmatch._engine._numba import fitting
 
     stamps, *_, images = _fitting_inputs(rng, n)
     images = np.ascontiguousarray(images)
@@ -328,7 +328,7 @@ def _make_convolve_valid(rng, n):
 def _make_normal_equations(rng, n):
     from naive import naive_normal_equations
 
-    from astropsfmatch._kernels import fitting
+    from astropsfmatch._engine._numba import fitting
 
     convolved = rng.random((n, 27, 11, 11))
     target = rng.random((n, 11, 11))
@@ -343,8 +343,8 @@ def _make_normal_equations(rng, n):
 def _make_accumulate(rng, n):
     from naive import naive_accumulate_spatial
 
-    from astropsfmatch._kernels import fitting
-    from astropsfmatch.solve import _spatial_unknowns
+    from astropsfmatch._engine._numba import fitting
+    from astropsfmatch._engine.solve import _spatial_unknowns
 
     a = rng.random((n, 27, 27))
     matrix = a + a.transpose(0, 2, 1)
@@ -369,7 +369,7 @@ def _tile_shapes():
 def _make_rows(rng, n_tiles):
     from naive import naive_weighted_sum_rows
 
-    from astropsfmatch._kernels.convolution import weighted_sum_rows
+    from astropsfmatch._engine._numba.convolution import weighted_sum_rows
 
     fft_y, two_half, n_freq = _tile_shapes()
     rows = fft_y - two_half
@@ -395,7 +395,7 @@ def _make_rows(rng, n_tiles):
 def _make_columns(rng, n_tiles):
     from naive import naive_weighted_sum_columns
 
-    from astropsfmatch._kernels.convolution import weighted_sum_columns
+    from astropsfmatch._engine._numba.convolution import weighted_sum_columns
 
     fft_y, two_half, _ = _tile_shapes()
     rows = fft_y - two_half
@@ -420,7 +420,7 @@ def _make_columns(rng, n_tiles):
 def _make_dilate(rng, side):
     from naive import naive_dilate_box
 
-    from astropsfmatch._kernels.convolution import dilate_box
+    from astropsfmatch._engine._numba.convolution import dilate_box
 
     bad = rng.random((side, side)) < 1e-3
     out_numba = np.empty_like(bad)
@@ -433,7 +433,7 @@ def _make_dilate(rng, side):
 def _make_inverse_variance(rng, n_images):
     from naive import naive_inverse_variance
 
-    from astropsfmatch._kernels.weights import inverse_variance
+    from astropsfmatch._engine._numba.weights import inverse_variance
 
     variance = rng.random((2048, 2048), dtype=np.float32) + np.float32(0.5)
     variance[::97, ::89] = np.nan
@@ -472,14 +472,14 @@ KERNEL_CASES = [
 
 
 def numba_kernels():
-    """Names ``module.function`` of every public numba dispatcher in astropsfmatch._kernels."""
-    import astropsfmatch._kernels as package
+    """Names ``module.function`` of every numba dispatcher in astropsfmatch._engine._numba."""
+    import astropsfmatch._engine._numba as package
 
     found = []
     for info in pkgutil.iter_modules(package.__path__):
         if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"astropsfmatch._kernels.{info.name}")
+        module = importlib.import_module(f"astropsfmatch._engine._numba.{info.name}")
         for name, value in vars(module).items():
             if name.startswith("_") or not hasattr(value, "py_func"):
                 continue

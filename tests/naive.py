@@ -1,11 +1,11 @@
-"""Plain NumPy / loop twins of every numba kernel in ``astropsfmatch._kernels``.
+"""Plain NumPy / loop twins of every numba kernel in ``astropsfmatch._engine._numba``.
 
 The tests assert that each jitted kernel agrees with its twin here.
 """
 
 import numpy as np
 
-# --- kernel fitting (astropsfmatch._kernels.fitting) -------------------------
+# --- kernel fitting (astropsfmatch._engine._numba.fitting) -------------------------
 
 
 def naive_convolve_valid(stamps, basis):
@@ -62,7 +62,7 @@ def naive_accumulate_spatial(matrix, vector, terms):
     return out_matrix, out_vector
 
 
-# --- astropsfmatch._kernels.convolution (convolve.py) ---------------------------------------
+# --- astropsfmatch._engine._numba.convolution (convolve.py) ---------------------------------------
 
 def naive_spatially_varying_convolution(data, kernel, variance=None, normalize=True):
     """Brute force: at every pixel, the kernel from ``kernel.evaluate(x, y)`` applied directly.
@@ -111,7 +111,7 @@ def naive_dilate_box(bad, half, out):
             out[y, x] = bad[max(y - half, 0):y + half + 1, max(x - half, 0):x + half + 1].any()
 
 
-# --- weights (astropsfmatch._kernels.weights) ---------------------------------
+# --- weights (astropsfmatch._engine._numba.weights) ---------------------------------
 
 
 def naive_inverse_variance(variance, mask):

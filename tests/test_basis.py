@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from astropsfmatch.basis import (
+from astropsfmatch._engine.basis import (
     alard_lupton_sigmas,
     make_alard_lupton_basis,
     make_delta_function_basis,

@@ -3,7 +3,7 @@ import pytest
 from psf_models import gaussian_stamp
 
 from astropsfmatch import MatchConfig, ModelPsfMatcher
-from astropsfmatch.cells import CellGrid, next_odd, psf_stamp_size, resize_stamp
+from astropsfmatch._engine.grid import CellGrid, next_odd, psf_stamp_size, resize_stamp
 
 
 class TestCellGrid:

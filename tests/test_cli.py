@@ -429,12 +429,12 @@ class TestMatchErrors:
         assert err.splitlines()[-1].startswith("astropsfmatch: error: --output:")
 
     def test_unexpected_errors_are_one_line(self, science, tmp_path, capsys, monkeypatch):
-        import astropsfmatch.matcher
+        import astropsfmatch._workflow.matcher
 
         def broken(*args, **kwargs):
             raise ZeroDivisionError("oops")
 
-        monkeypatch.setattr(astropsfmatch.matcher.ModelPsfMatcher, "match", broken)
+        monkeypatch.setattr(astropsfmatch._workflow.matcher.ModelPsfMatcher, "match", broken)
         err = expect_error(["match", science, "-t", "gaussian:fwhm=4", "-o",
                             tmp_path / "o.fits"], capsys, 1, "ZeroDivisionError: oops",
                            tmp_path)

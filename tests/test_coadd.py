@@ -1,4 +1,4 @@
-"""Tests of astropsfmatch.coaddition, and of the whole co-addition workflow.
+"""Tests of astropsfmatch._workflow.coadd, and of the whole co-addition workflow.
 
 common_target_psf -> match_many (serially and on a dask LocalCluster) -> coadd.
 """
@@ -22,9 +22,9 @@ from astropy.wcs import WCS
 from photutils.psf import CircularGaussianPRF, GriddedPSFModel, fit_fwhm
 
 from astropsfmatch import MatchConfig, MatchResult
-from astropsfmatch.coaddition import coadd
-from astropsfmatch.parallel import match_many
-from astropsfmatch.target import common_target_psf
+from astropsfmatch._workflow.coadd import coadd
+from astropsfmatch._workflow.many import match_many
+from astropsfmatch._workflow.target import common_target_psf
 
 N = 256
 CONFIG = MatchConfig(cell_size=64)

@@ -1,4 +1,4 @@
-"""Tests of the exact spatially varying convolution (astropsfmatch.convolve)."""
+"""Tests of the exact spatially varying convolution (astropsfmatch._engine.convolve)."""
 
 import dataclasses
 import threading
@@ -12,20 +12,20 @@ from naive import (
     naive_weighted_sum_rows,
 )
 
-from astropsfmatch import convolve as convolve_module
-from astropsfmatch._kernels.convolution import (
+from astropsfmatch._engine import convolve as convolve_module
+from astropsfmatch._engine._numba.convolution import (
     dilate_box,
     weighted_sum_columns,
     weighted_sum_rows,
 )
-from astropsfmatch.basis import make_alard_lupton_basis
-from astropsfmatch.convolve import (
+from astropsfmatch._engine.basis import make_alard_lupton_basis
+from astropsfmatch._engine.convolve import (
     ConvolvedImage,
     _squared_monomials,
     convolve_spatially_varying,
 )
-from astropsfmatch.kernel import SpatialKernel
-from astropsfmatch.spatial import n_spatial_terms
+from astropsfmatch._engine.kernel import SpatialKernel
+from astropsfmatch._engine.spatial import n_spatial_terms
 
 
 def make_kernel(order=2, model="chebyshev1", *, size=11, bbox=(-10.0, 90.0, -20.0, 80.0),

@@ -5,10 +5,10 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from photutils.psf import CircularGaussianPRF, GriddedPSFModel
 
 from astropsfmatch import SpatialKernel, match_psf
+from astropsfmatch._adapters.psf import as_psf
 from astropsfmatch.cli import main
 from astropsfmatch.demo import demo_cell_size, demo_psf_fwhm, make_demo_data, measure_fwhm
 from astropsfmatch.diagnostics import DIAGNOSTIC_FILES
-from astropsfmatch.psf import _as_psf
 
 FITS_FILES = ["kernel.fits", "matched.fits", "science.fits", "weights.fits"]
 
@@ -53,7 +53,7 @@ class TestMakeDemoData:
     def test_psf_varies_across_the_field(self, demo):
         assert isinstance(demo.psf_model, GriddedPSFModel)
         assert len(demo.psf_model.grid_xypos) == 9
-        fwhm = _as_psf(demo.psf_model).fwhm([0.0, 255.0, 0.0, 255.0], [0.0, 0.0, 255.0, 255.0])
+        fwhm = as_psf(demo.psf_model).fwhm([0.0, 255.0, 0.0, 255.0], [0.0, 0.0, 255.0, 255.0])
         assert fwhm[0] < fwhm[1] < fwhm[3] and fwhm[0] < fwhm[2] < fwhm[3]
         assert fwhm[3] - fwhm[0] > 0.8
 
@@ -75,7 +75,7 @@ class TestMakeDemoData:
     def test_probe_stars_have_the_model_fwhm(self, demo):
         x, y = demo.probes
         measured = measure_fwhm(demo.ccd.data, x, y, mask=demo.ccd.mask)
-        model = _as_psf(demo.psf_model).fwhm(x, y)
+        model = as_psf(demo.psf_model).fwhm(x, y)
         np.testing.assert_allclose(measured, model, atol=0.25)
 
     def test_reproducible(self, demo):

@@ -3,7 +3,7 @@ import pytest
 from astropy.io import fits
 
 from astropsfmatch import SpatialKernel, make_alard_lupton_basis
-from astropsfmatch.spatial import spatial_terms
+from astropsfmatch._engine.spatial import spatial_terms
 
 
 @pytest.fixture(params=["chebyshev1", "polynomial"])

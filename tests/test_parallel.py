@@ -1,4 +1,4 @@
-"""Tests of astropsfmatch.parallel: match_many, serially and on a dask cluster."""
+"""Tests of astropsfmatch._workflow.many: match_many, serially and on a dask cluster."""
 
 import logging
 import os
@@ -12,8 +12,8 @@ from astropy.wcs import WCS
 from photutils.psf import CircularGaussianPRF
 
 from astropsfmatch import MatchConfig, MatchResult, ModelPsfMatcher, SpatialKernel
-from astropsfmatch.parallel import ManyResult, match_many
-from astropsfmatch.psf import realize_psf
+from astropsfmatch._adapters.psf import realize_psf
+from astropsfmatch._workflow.many import ManyResult, match_many
 
 SHAPE = (192, 192)
 CONFIG = MatchConfig(cell_size=64)
@@ -272,7 +272,7 @@ class TestDask:
 
     def test_bounded_submission(self, images, serial, client, monkeypatch):
         # one task in flight at a time still matches everything, in input order
-        monkeypatch.setattr("astropsfmatch.parallel._TASKS_PER_THREAD", 0)
+        monkeypatch.setattr("astropsfmatch._workflow.many._TASKS_PER_THREAD", 0)
         many = match_many(images, TARGET, config=CONFIG, client=client, progress=False)
         assert_same_results(many.results, serial.results)
 

@@ -1,4 +1,4 @@
-"""Tests of astropsfmatch.psf: PSF coercion and unit-flux stamp realization."""
+"""Tests of astropsfmatch._adapters.psf: PSF coercion and unit-flux stamp realization."""
 
 import re
 
@@ -19,8 +19,8 @@ from photutils.psf import (
     make_psf_model,
 )
 
-import astropsfmatch.psf as psf_module
-from astropsfmatch.psf import _PSF, _as_psf, realize_psf
+import astropsfmatch._adapters.psf as psf_module
+from astropsfmatch._adapters.psf import PSFAdapter, as_psf, realize_psf
 
 SIGMA_TO_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 TOL = 1e-6  # agreement with the model's own evaluation, relative to the peak
@@ -112,7 +112,7 @@ ASTROPY_MODELS = [
 class TestArrayPSF:
     def test_natural_size_and_unit_flux(self):
         data = gaussian_image(15, 2.0) * 7.0
-        psf = _as_psf(data)
+        psf = as_psf(data)
         assert psf.kind == "array"
         assert psf.native_size([1.0, 2.0], [3.0, 4.0]) == 15
         stamp = realize_psf(data, 10.0, 20.0)
@@ -135,11 +135,11 @@ class TestArrayPSF:
         data = np.zeros((3, 7))
         data[1, 3] = 2.0
         data[1, 2] = data[1, 4] = 1.0
-        psf = _as_psf(data.tolist())
+        psf = as_psf(data.tolist())
         assert psf.native_size(0, 0) == 7
         stamp = psf.stamps(0.0, 0.0, 7)[0]
         assert stamp[3, 3] == 0.5 and stamp[3, 2] == stamp[3, 4] == 0.25
-        stamp_q = _as_psf(data * u.one).stamps(0.0, 0.0, 7)[0]
+        stamp_q = as_psf(data * u.one).stamps(0.0, 0.0, 7)[0]
         np.testing.assert_array_equal(stamp_q, stamp)
 
     def test_big_endian_and_read_only(self):
@@ -151,14 +151,14 @@ class TestArrayPSF:
 
     def test_stamps_many_positions(self):
         data = gaussian_image(9, 1.5)
-        stamps = _as_psf(data).stamps(np.arange(6.0).reshape(2, 3), 5.0, 11)
+        stamps = as_psf(data).stamps(np.arange(6.0).reshape(2, 3), 5.0, 11)
         assert stamps.shape == (6, 11, 11)
         stamps[0, 0, 0] = 99.0  # independent, writable copies
         assert stamps[1, 0, 0] == 0.0
 
     def test_fwhm(self):
         data = gaussian_image(41, 2.0)
-        fwhm = _as_psf(data).fwhm([0.0, 100.0], [0.0, 50.0])
+        fwhm = as_psf(data).fwhm([0.0, 100.0], [0.0, 50.0])
         np.testing.assert_allclose(fwhm, SIGMA_TO_FWHM * 2.0, rtol=1e-6)
 
 
@@ -175,7 +175,7 @@ class TestAnalyticModels:
 
     @pytest.mark.parametrize("model", ANALYTIC_MODELS, ids=lambda m: type(m).__name__)
     def test_centred_and_same_everywhere(self, model):
-        psf = _as_psf(model)
+        psf = as_psf(model)
         stamps = psf.stamps([0.0, 512.3, -40.0], [0.0, 1000.7, 3.0], 21)
         np.testing.assert_array_equal(stamps[0], stamps[1])
         np.testing.assert_array_equal(stamps[0], stamps[2])
@@ -186,7 +186,7 @@ class TestAnalyticModels:
     @pytest.mark.parametrize("model", ANALYTIC_MODELS, ids=lambda m: type(m).__name__)
     def test_natural_size_holds_flux(self, model):
         """The natural size is the smallest odd size holding 99.9% of the flux."""
-        size = _as_psf(model).native_size(0.0, 0.0)
+        size = as_psf(model).native_size(0.0, 0.0)
         assert size % 2 == 1 and size >= 3
         big = 1023
         d = offsets(big)
@@ -207,10 +207,10 @@ class TestAnalyticModels:
 
     def test_known_natural_sizes(self):
         assert realize_psf(CircularGaussianPSF(fwhm=3.0), 0, 0).shape == (9, 9)
-        assert _as_psf(MoffatPSF(alpha=2.65, beta=2.5)).native_size(0, 0) == 49
+        assert as_psf(MoffatPSF(alpha=2.65, beta=2.5)).native_size(0, 0) == 49
 
     def test_psf_size_overrides_natural_size(self):
-        psf = _as_psf(CircularGaussianPSF(fwhm=3.0), psf_size=31)
+        psf = as_psf(CircularGaussianPSF(fwhm=3.0), psf_size=31)
         assert psf.native_size(0, 0) == 31
         assert psf.stamps(0, 0, 31).shape == (1, 31, 31)
 
@@ -219,7 +219,7 @@ class TestAnalyticModels:
     )
     def test_astropy_models(self, model, x_name, y_name):
         x, y = 40.2, 77.7
-        psf = _as_psf(model)
+        psf = as_psf(model)
         assert psf.kind == "analytic"
         for size in (psf.native_size(x, y), 15):
             stamp = psf.stamps(x, y, size)[0]
@@ -261,16 +261,16 @@ class TestAnalyticModels:
         assert_agrees(stamp, reference_stamp(model, 100.0, 200.0, 21))
 
     def test_fwhm_of_gaussian(self):
-        psf = _as_psf(CircularGaussianPSF(fwhm=4.0), psf_size=41)
+        psf = as_psf(CircularGaussianPSF(fwhm=4.0), psf_size=41)
         np.testing.assert_allclose(psf.fwhm([0.0, 10.0], [0.0, 5.0]), 4.0, rtol=1e-6)
         # the pixel response adds 1/12 px^2 to the variance of a PRF
-        prf = _as_psf(CircularGaussianPRF(fwhm=4.0), psf_size=41)
+        prf = as_psf(CircularGaussianPRF(fwhm=4.0), psf_size=41)
         sigma = 4.0 / SIGMA_TO_FWHM
         expected = SIGMA_TO_FWHM * np.sqrt(sigma**2 + 1.0 / 12.0)
         np.testing.assert_allclose(prf.fwhm(0.0, 0.0), expected, rtol=1e-6)
 
     def test_fwhm_of_elliptical_gaussian(self):
-        psf = _as_psf(models.Gaussian2D(x_stddev=1.5, y_stddev=2.5, theta=0.4), psf_size=41)
+        psf = as_psf(models.Gaussian2D(x_stddev=1.5, y_stddev=2.5, theta=0.4), psf_size=41)
         expected = SIGMA_TO_FWHM * np.sqrt((1.5**2 + 2.5**2) / 2)
         np.testing.assert_allclose(psf.fwhm(0.0, 0.0), expected, rtol=1e-5)
 
@@ -289,7 +289,7 @@ class TestImagePSF:
     def test_even_sized_data(self):
         """Origin at (11.5, 11.5): integer offsets fall between samples."""
         model = ImagePSF(gaussian_image(24, 2.0))
-        psf = _as_psf(model)
+        psf = as_psf(model)
         assert psf.kind == "image"
         assert psf.native_size(0, 0) == 23
         assert_agrees(psf.stamps(5.0, 5.0, 23)[0], reference_stamp(model, 5.0, 5.0, 23))
@@ -299,7 +299,7 @@ class TestImagePSF:
     def test_oversampled(self, oversampling, size, native):
         data = gaussian_image(size, 1.8, 2.2, oversampling=oversampling)
         model = ImagePSF(data, oversampling=oversampling)
-        psf = _as_psf(model)
+        psf = as_psf(model)
         assert psf.native_size([0.0, 1.0], [0.0, 2.0]) == native
         stamp = psf.stamps(17.5, 3.25, native)[0]
         assert_agrees(stamp, reference_stamp(model, 17.5, 3.25, native))
@@ -316,11 +316,11 @@ class TestImagePSF:
     def test_anisotropic_oversampling_and_origin(self):
         data = gaussian_image(41, 2.0, oversampling=2, centre=22.0)
         model = ImagePSF(data, oversampling=(2, 2), origin=(22.0, 22.0))
-        psf = _as_psf(model)
+        psf = as_psf(model)
         assert psf.native_size(0, 0) == 23  # reaches 22 / 2 = 11 px on one side
         assert_agrees(psf.stamps(0.0, 0.0, 23)[0], reference_stamp(model, 0.0, 0.0, 23))
         model = ImagePSF(gaussian_image(45, 2.0), oversampling=(1, 3))
-        assert _as_psf(model).native_size(0, 0) == 45
+        assert as_psf(model).native_size(0, 0) == 45
 
 
 class TestGriddedPSF:
@@ -345,7 +345,7 @@ class TestGriddedPSF:
     @pytest.mark.parametrize("size", [None, 9, 33])
     def test_agrees_with_photutils(self, request, fixture, size):
         model = request.getfixturevalue(fixture)
-        psf = _as_psf(model)
+        psf = as_psf(model)
         assert psf.kind == "gridded"
         xy = self.positions()
         size = psf.native_size(xy[:, 0], xy[:, 1]) if size is None else size
@@ -356,13 +356,13 @@ class TestGriddedPSF:
             assert_agrees(stamp, reference_stamp(model, x, y, size))
 
     def test_native_size(self, gridded, gridded_oversampled):
-        assert _as_psf(gridded).native_size([0.0, 500.0], [0.0, 10.0]) == 31
-        assert _as_psf(gridded_oversampled).native_size(0.0, 0.0) == 25
+        assert as_psf(gridded).native_size([0.0, 500.0], [0.0, 10.0]) == 31
+        assert as_psf(gridded_oversampled).native_size(0.0, 0.0) == 25
         # even-sized ePSFs, origin 24.5: reaches 24.5 / 2 = 12.25 px
-        assert _as_psf(make_gridded(oversampling=2, size=50)).native_size(0.0, 0.0) == 25
+        assert as_psf(make_gridded(oversampling=2, size=50)).native_size(0.0, 0.0) == 25
 
     def test_width_varies_across_field(self, gridded):
-        psf = _as_psf(gridded)
+        psf = as_psf(gridded)
         x = np.array([0.0, 511.5, 1023.0, 0.0, 1023.0])
         y = np.array([0.0, 600.0, 1023.0, 1023.0, 0.0])
         fwhm = psf.fwhm(x, y)
@@ -376,7 +376,7 @@ class TestGriddedPSF:
         np.testing.assert_allclose(mid, ends.mean(axis=0), rtol=0, atol=1e-9 * mid.max())
 
     def test_centred(self, gridded):
-        stamps = _as_psf(gridded).stamps([0.0, 1023.0, 400.0], [0.0, 1023.0, 900.0], 25)
+        stamps = as_psf(gridded).stamps([0.0, 1023.0, 400.0], [0.0, 1023.0, 900.0], 25)
         for stamp in stamps:
             cx, cy = centroid(stamp)
             assert abs(cx) < 1e-10 and abs(cy) < 1e-10
@@ -389,12 +389,12 @@ class TestGriddedPSF:
         monkeypatch.setattr(GriddedPSFModel, "_calc_model_values", forbidden)
         rng = np.random.default_rng(0)
         x, y = rng.uniform(0, 1023, 1156), rng.uniform(0, 1023, 1156)
-        stamps = _as_psf(gridded).stamps(x, y, 25)
+        stamps = as_psf(gridded).stamps(x, y, 25)
         assert stamps.shape == (1156, 25, 25)
 
     def test_oversampled_templates_are_data_nodes(self, gridded_oversampled):
         """The spline reproduces the ePSF data at every 4th sample from the centre."""
-        psf = _as_psf(gridded_oversampled)
+        psf = as_psf(gridded_oversampled)
         index = int(np.flatnonzero((gridded_oversampled.grid_xypos == (0.0, 0.0)).all(axis=1))[0])
         nodes = gridded_oversampled.data[index][2::4, 2::4]
         np.testing.assert_allclose(psf.stamps(0.0, 0.0, 25)[0], nodes / nodes.sum(), rtol=0,
@@ -402,7 +402,7 @@ class TestGriddedPSF:
 
     def test_grid_point_stamp_is_epsf_data(self, gridded):
         """At a grid point the natural stamp is that ePSF, edge samples included."""
-        psf = _as_psf(gridded)
+        psf = as_psf(gridded)
         for index, (x, y) in enumerate(gridded.grid_xypos):
             data = gridded.data[index]
             np.testing.assert_allclose(psf.stamps(x, y, 31)[0], data / data.sum(), rtol=0,
@@ -412,13 +412,13 @@ class TestGriddedPSF:
         data = gaussian_image(25, 2.0)[np.newaxis]
         model = GriddedPSFModel(NDData(data, meta={"grid_xypos": [(10.0, 10.0)],
                                                    "oversampling": 1}))
-        stamps = _as_psf(model).stamps([0.0, 900.0], [0.0, 300.0], 25)
+        stamps = as_psf(model).stamps([0.0, 900.0], [0.0, 300.0], 25)
         for x, y, stamp in zip([0.0, 900.0], [0.0, 300.0], stamps, strict=True):
             assert_agrees(stamp, reference_stamp(model, x, y, 25))
 
     def test_fill_value_none(self):
         model = make_gridded(fill_value=None)
-        psf = _as_psf(model)
+        psf = as_psf(model)
         for x, y in [(100.0, 200.0), (700.0, 1100.0)]:
             assert_agrees(psf.stamps(x, y, 25)[0], reference_stamp(model, x, y, 25))
 
@@ -426,31 +426,31 @@ class TestGriddedPSF:
 class TestErrors:
     def test_not_model_nor_array(self):
         with pytest.raises(TypeError, match=r"source_psf must be a photutils PSF model.*str"):
-            _as_psf("gaussian")
+            as_psf("gaussian")
         with pytest.raises(TypeError, match=r"target_psf must be .*NoneType"):
-            _as_psf(None, name="target_psf")
+            as_psf(None, name="target_psf")
         with pytest.raises(TypeError, match=r"model must be .*dict"):
             realize_psf({"fwhm": 3}, 0, 0)
 
     def test_array_not_numeric(self):
         with pytest.raises(TypeError, match=r"source_psf must be a 2-D array of real numbers.*<U"):
-            _as_psf(np.array([["a", "b", "c"]] * 3))
+            as_psf(np.array([["a", "b", "c"]] * 3))
         with pytest.raises(TypeError, match=r"real numbers, got dtype complex128"):
-            _as_psf(np.ones((3, 3), dtype=complex))
+            as_psf(np.ones((3, 3), dtype=complex))
         with pytest.raises(TypeError, match=r"2-D array of real numbers, got list"):
-            _as_psf([[1.0, 2.0, 3.0], [1.0]])
+            as_psf([[1.0, 2.0, 3.0], [1.0]])
 
     @pytest.mark.parametrize("shape", [(5,), (3, 3, 3), ()])
     def test_array_not_2d(self, shape):
         expected = f"source_psf must be a 2-D array, got {len(shape)}-D with shape {shape}"
         with pytest.raises(ValueError, match=re.escape(expected)):
-            _as_psf(np.ones(shape))
+            as_psf(np.ones(shape))
 
     @pytest.mark.parametrize("shape", [(4, 4), (5, 4), (4, 5)])
     def test_array_even(self, shape):
         with pytest.raises(ValueError, match=r"target_psf must have odd dimensions.*"
                                              + re.escape(str(shape))):
-            _as_psf(np.ones(shape), name="target_psf")
+            as_psf(np.ones(shape), name="target_psf")
 
     @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
     def test_array_non_finite(self, bad):
@@ -458,12 +458,12 @@ class TestErrors:
         data[1, 2] = bad
         with pytest.raises(ValueError, match=r"source_psf must contain only finite values, "
                                              r"got 1 non-finite of 25"):
-            _as_psf(data)
+            as_psf(data)
 
     @pytest.mark.parametrize("fill", [0.0, -1.0])
     def test_array_non_positive_sum(self, fill):
         with pytest.raises(ValueError, match=r"source_psf must have a positive sum, got -?\d"):
-            _as_psf(np.full((5, 5), fill))
+            as_psf(np.full((5, 5), fill))
 
     def test_array_clipped_to_non_positive_sum(self):
         data = -np.ones((5, 5))
@@ -475,22 +475,22 @@ class TestErrors:
     def test_model_without_position_parameters(self):
         with pytest.raises(ValueError, match=r"source_psf must have position parameters.*Const2D"
                                              r".*make_psf_model"):
-            _as_psf(models.Const2D(1.0))
+            as_psf(models.Const2D(1.0))
         compound = models.Gaussian2D() + models.Gaussian2D(x_stddev=3, y_stddev=3)
         with pytest.raises(ValueError, match=r"position parameters.*x_mean_0"):
-            _as_psf(compound)
+            as_psf(compound)
 
     def test_model_not_2d(self):
         with pytest.raises(TypeError, match=r"source_psf must be a 2-D model.*Gaussian1D with 1 "
                                             r"input"):
-            _as_psf(models.Gaussian1D())
+            as_psf(models.Gaussian1D())
 
     def test_model_set(self):
         model = models.Gaussian2D(amplitude=[1.0, 1.0], x_mean=[0.0, 0.0], y_mean=[0.0, 0.0],
                                   x_stddev=[1.0, 2.0], y_stddev=[1.0, 2.0], theta=[0.0, 0.0],
                                   n_models=2)
         with pytest.raises(ValueError, match=r"source_psf must be a single model, got a set of 2"):
-            _as_psf(model)
+            as_psf(model)
 
     def test_make_psf_model_failing(self, monkeypatch):
         def failing(*args, **kwargs):
@@ -500,7 +500,7 @@ class TestErrors:
         monkeypatch.setattr(psf_module, "make_psf_model", failing)
         with pytest.raises(ValueError, match=r"source_psf \(Gaussian2D\) could not be made a PSF "
                                              r"model with photutils.psf.make_psf_model: 'x_mean'"):
-            _as_psf(models.Gaussian2D())
+            as_psf(models.Gaussian2D())
 
     def test_model_evaluation_failing(self):
         class Broken(Fittable2DModel):
@@ -514,7 +514,7 @@ class TestErrors:
 
         with pytest.raises(ValueError, match=r"source_psf could not be evaluated as a 2-D PSF "
                                              r"model: no data loaded"):
-            _as_psf(Broken())
+            as_psf(Broken())
 
     @staticmethod
     def _custom(function):
@@ -532,9 +532,9 @@ class TestErrors:
         model = self._custom(lambda r2: np.log(4.0 - r2))  # NaN beyond r = 2
         with pytest.raises(ValueError, match=r"source_psf gives non-finite values when realized "
                                              r"on a 15x15 stamp"):
-            _as_psf(model)
+            as_psf(model)
         with pytest.raises(ValueError, match=r"source_psf gives a non-finite realized 9x9 stamp"):
-            _as_psf(model, psf_size=9)
+            as_psf(model, psf_size=9)
         with pytest.raises(ValueError, match=r"model gives non-finite values when realized"):
             realize_psf(CircularGaussianPSF(fwhm=np.nan), 0, 0, size=5)
 
@@ -542,15 +542,15 @@ class TestErrors:
         model = self._custom(lambda r2: -np.exp(-r2))
         with pytest.raises(ValueError, match=r"source_psf has a non-positive sum \(-3\.1.*\) when "
                                              r"realized on a 15x15 stamp"):
-            _as_psf(model)
+            as_psf(model)
         with pytest.raises(ValueError, match=r"target_psf gives a realized 5x5 stamp with "
                                              r"non-positive sum"):
-            _as_psf(model, name="target_psf", psf_size=5)
+            as_psf(model, name="target_psf", psf_size=5)
 
     def test_image_psf_non_positive_sum(self):
         with pytest.raises(ValueError, match=r"source_psf gives a realized 9x9 stamp with "
                                              r"non-positive sum \(0\.0\)"):
-            _as_psf(ImagePSF(np.zeros((9, 9))))
+            as_psf(ImagePSF(np.zeros((9, 9))))
 
     def test_gridded_bad_epsf(self):
         data = np.array([gaussian_image(9, 1.5)] * 4)
@@ -558,13 +558,13 @@ class TestErrors:
         meta = {"grid_xypos": [(0, 0), (100, 0), (0, 100), (100, 100)], "oversampling": 1}
         with pytest.raises(ValueError, match=r"source_psf has grid ePSF 3 at \(x, y\) = "
                                              r"\(100\.0, 100\.0\) whose realized stamp"):
-            _as_psf(GriddedPSFModel(NDData(data, meta=meta)))
+            as_psf(GriddedPSFModel(NDData(data, meta=meta)))
 
     @pytest.mark.parametrize(("size", "error"), [(4, ValueError), (0, ValueError),
                                                  (-3, ValueError), (5.0, TypeError),
                                                  (True, TypeError), ("9", TypeError)])
     def test_bad_size(self, size, error):
-        psf = _as_psf(np.ones((3, 3)))
+        psf = as_psf(np.ones((3, 3)))
         with pytest.raises(error, match=r"size must be an odd integer >= 1, got"):
             psf.stamps(0.0, 0.0, size)
         with pytest.raises(error, match=r"size must be an odd integer >= 1"):
@@ -574,10 +574,10 @@ class TestErrors:
                                                      (9.0, TypeError)])
     def test_bad_psf_size(self, psf_size, error):
         with pytest.raises(error, match=rf"psf_size must be an odd integer >= 3, got {psf_size}"):
-            _as_psf(CircularGaussianPSF(), psf_size=psf_size)
+            as_psf(CircularGaussianPSF(), psf_size=psf_size)
 
     def test_bad_positions(self):
-        psf = _as_psf(np.ones((3, 3)))
+        psf = as_psf(np.ones((3, 3)))
         with pytest.raises(ValueError, match=r"x and y must be finite"):
             psf.stamps([0.0, np.nan], [0.0, 1.0], 3)
         with pytest.raises(ValueError, match=r"x and y must be finite"):
@@ -599,7 +599,7 @@ class TestDoesNotChangeInput:
         data = gaussian_image(11, 2.0) * 5.0
         data[0, 0] = 0.5
         original = data.copy()
-        psf = _as_psf(data)
+        psf = as_psf(data)
         psf.stamps([0.0, 3.0], [0.0, 4.0], 7)
         psf.stamps(0.0, 0.0, 15)[0][:] = 1e9
         psf.fwhm(0.0, 0.0)
@@ -621,7 +621,7 @@ class TestDoesNotChangeInput:
     def test_model(self, model):
         params = model.parameters.copy()
         data = model.data.copy() if hasattr(model, "data") else None
-        psf = _as_psf(model)
+        psf = as_psf(model)
         psf.stamps([0.0, 100.0], [0.0, 50.0], 15)
         psf.fwhm(1.0, 2.0)
         realize_psf(model, 1.0, 2.0)
@@ -634,7 +634,7 @@ class TestDoesNotChangeInput:
         model = make_gridded()
         model.x_0, model.y_0, model.flux = 3.0, 4.0, 5.0
         data, xypos = model.data.copy(), model.grid_xypos.copy()
-        psf = _as_psf(model)
+        psf = as_psf(model)
         psf.stamps([0.0, 100.0], [0.0, 50.0], 15)
         psf.fwhm(1.0, 2.0)
         np.testing.assert_array_equal(model.data, data)
@@ -645,14 +645,14 @@ class TestDoesNotChangeInput:
 
 class TestAsPSF:
     def test_idempotent(self):
-        psf = _as_psf(CircularGaussianPSF(fwhm=2.0))
-        assert isinstance(psf, _PSF)
-        assert _as_psf(psf) is psf
+        psf = as_psf(CircularGaussianPSF(fwhm=2.0))
+        assert isinstance(psf, PSFAdapter)
+        assert as_psf(psf) is psf
         assert "source_psf" in repr(psf) and "CircularGaussianPSF" in repr(psf)
 
     def test_psf_size_ignored_for_image_models(self):
-        assert _as_psf(np.ones((5, 5)), psf_size=9).native_size(0, 0) == 5
-        assert _as_psf(ImagePSF(np.ones((7, 7))), psf_size=9).native_size(0, 0) == 7
+        assert as_psf(np.ones((5, 5)), psf_size=9).native_size(0, 0) == 5
+        assert as_psf(ImagePSF(np.ones((7, 7))), psf_size=9).native_size(0, 0) == 7
 
     def test_public_api(self):
         assert psf_module.__all__ == ["realize_psf"]

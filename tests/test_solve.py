@@ -7,8 +7,9 @@ from psf_models import gaussian_stamp, varying_gaussian_grid
 from scipy.signal import fftconvolve
 
 from astropsfmatch import KernelSolutionError, MatchConfig, ModelPsfMatcher
-from astropsfmatch.psf import _as_psf
-from astropsfmatch.solve import KernelBasis, regularization_matrix
+from astropsfmatch._adapters.psf import as_psf
+from astropsfmatch._engine.basis import KernelBasis
+from astropsfmatch._engine.solve import regularization_matrix
 
 SIGMA_S, SIGMA_T = 2.0, 3.5
 SIGMA_RANGE = (1.8, 2.2)
@@ -23,8 +24,8 @@ def second_moment_width(kernel):
 
 def residual_at(kernel, source_psf, target_psf, x, y, size):
     """max |source ⊛ K(x, y) - target| / peak on the complete-convolution region."""
-    source = _as_psf(source_psf).stamps(np.array([x]), np.array([y]), size)[0]
-    target = _as_psf(target_psf).stamps(np.array([x]), np.array([y]), size)[0]
+    source = as_psf(source_psf).stamps(np.array([x]), np.array([y]), size)[0]
+    target = as_psf(target_psf).stamps(np.array([x]), np.array([y]), size)[0]
     model = fftconvolve(source, kernel.evaluate(x, y), mode="valid")
     half = kernel.kernel_size // 2
     valid = model.shape[0]
@@ -189,7 +190,7 @@ class TestConditionNumber:
     def test_singular_falls_back_to_pseudo_inverse(self):
         # identical PSFs everywhere: spatial terms are degenerate when there is one cell row
         basis = KernelBasis.alard_lupton(5, (1.0,), (1,))
-        from astropsfmatch.solve import _lu_or_pseudo_inverse
+        from astropsfmatch._engine.solve import _lu_or_pseudo_inverse
         matrix = np.ones((3, 3))
         solution, solver = _lu_or_pseudo_inverse(matrix, np.ones(3))
         assert solver == "pseudo-inverse"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from numpy.polynomial import chebyshev
 
-from astropsfmatch.spatial import (
+from astropsfmatch._engine.spatial import (
     monomial_matrix,
     n_spatial_terms,
     normalize_coordinates,

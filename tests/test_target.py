@@ -1,4 +1,4 @@
-"""Tests of astropsfmatch.target: the common target PSF of a set of exposures."""
+"""Tests of astropsfmatch._workflow.target: the common target PSF of a set of exposures."""
 
 import numpy as np
 import pytest
@@ -12,8 +12,8 @@ from photutils.psf import (
     MoffatPSF,
 )
 
-from astropsfmatch.psf import _as_psf, realize_psf
-from astropsfmatch.target import CommonTarget, common_target_psf
+from astropsfmatch._adapters.psf import as_psf, realize_psf
+from astropsfmatch._workflow.target import CommonTarget, common_target_psf
 
 SIGMA_TO_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -54,7 +54,7 @@ def gridded_model(shape, law, *, size=25, theta_law=None, grid=3):
 
 
 def target_stamp(target):
-    psf = _as_psf(target.psf)
+    psf = as_psf(target.psf)
     return realize_psf(target.psf, 0.0, 0.0, size=psf.native_size(0.0, 0.0))
 
 
@@ -126,7 +126,7 @@ class TestNeverNarrower:
         # the round-average FWHM alone would be far too small for the first two
         assert target.fwhm_range[:, 1].max() < 0.85 * target.required_fwhm
         assert target.fwhm >= 1.05 * 4.2 * (1 - 2e-3)
-        stamps = [realize_psf(p, 0.0, 0.0, size=_as_psf(p).native_size(0.0, 0.0)) for p in psfs]
+        stamps = [realize_psf(p, 0.0, 0.0, size=as_psf(p).native_size(0.0, 0.0)) for p in psfs]
         self.assert_broader(target, stamps)
 
     def test_spatially_varying_elliptical(self):
@@ -142,7 +142,7 @@ class TestNeverNarrower:
         yy, xx = np.mgrid[0:200:9.5, 0:300:13.0]
         stamps = []
         for model in gridded:
-            psf = _as_psf(model)
+            psf = as_psf(model)
             stamps.extend(psf.stamps(xx.ravel(), yy.ravel(), psf.native_size(0.0, 0.0)))
         largest = max(eigenvalues(s)[1] for s in stamps)
         assert SIGMA_TO_FWHM * np.sqrt(largest) <= target.required_fwhm * (1 + 1e-9)
@@ -159,7 +159,7 @@ class TestNeverNarrower:
         assert no_shape.required_fwhm == pytest.approx(full.required_fwhm)
         np.testing.assert_allclose(full.required_fwhm, 3.2, rtol=2e-3)
         assert left_half.required_fwhm < full.required_fwhm - 0.3
-        at_edge = _as_psf(model).stamps(np.array([127.0]), np.array([0.0]), 25)[0]
+        at_edge = as_psf(model).stamps(np.array([127.0]), np.array([0.0]), 25)[0]
         assert left_half.required_fwhm == pytest.approx(
             SIGMA_TO_FWHM * np.sqrt(eigenvalues(at_edge)[1]))
 

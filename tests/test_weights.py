@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from naive import naive_inverse_variance
 
-from astropsfmatch._kernels.weights import inverse_variance
-from astropsfmatch.nddata import inverse_variance_weights
+from astropsfmatch import inverse_variance_weights
+from astropsfmatch._engine._numba.weights import inverse_variance
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -8,8 +8,7 @@ reference pipeline: ``1, x, y, x**2, x*y, y**2, ...``.
 import numpy as np
 from numpy.polynomial import chebyshev
 
-__all__ = ["SPATIAL_MODELS", "n_spatial_terms", "spatial_exponents", "spatial_terms",
-           "normalize_coordinates", "monomial_matrix"]
+__all__ = []  # internal to the package: nothing here is public
 
 SPATIAL_MODELS = ("chebyshev1", "polynomial")
 

@@ -12,18 +12,24 @@ from astropy.nddata import CCDData, NDData, VarianceUncertainty
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from . import __version__
-from ._logging import log
-from .matcher import MatchResult
-from .nddata import (
-    _UNCERTAINTY_KINDS,
-    _uncertainty_of_kind,
-    _variance_from,
-    inverse_variance_weights,
+from .._adapters.files import read_matched
+from .._adapters.nddata import (
+    UNCERTAINTY_KINDS,
+    annotated_meta,
+    uncertainty_of_kind,
+    variance_of,
 )
-from .parallel import ManyResult
-from .psf import _as_psf, _resize_centred
+from .._adapters.psf import as_psf
+from .._engine.grid import resize_stamp
+from .._engine.weights import inverse_variance_weights
+from .._logging import log
+from .._optional import require
+from .._validate import sequence_of
+from .many import ManyResult
+from .provenance import COADD_HISTORY, coadd_record
+from .result import MatchResult
 
+# the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["coadd"]
 
 _COMBINES = ("mean", "sum")
@@ -168,12 +174,8 @@ def coadd(matched, output_wcs, shape_out=None, *, combine="mean", weights=None,
     >>> float(result.footprint[25, 25])
     2.0
     """
-    try:
-        from reproject import reproject_interp
-        from reproject.mosaicking import reproject_and_coadd
-    except ImportError as exc:  # pragma: no cover - reproject is in the test extras
-        msg = "coadd needs reproject (pip install reproject)"
-        raise ImportError(msg) from exc
+    reproject_interp = require("reproject", "coadd needs").reproject_interp
+    reproject_and_coadd = require("reproject.mosaicking", "coadd needs").reproject_and_coadd
     items = _check_items(matched)
     n = len(items)
     if not isinstance(combine, str) or combine not in _COMBINES:
@@ -266,11 +268,15 @@ def coadd(matched, output_wcs, shape_out=None, *, combine="mean", weights=None,
         variance[mask] = np.nan
         kinds = set(scan["kinds"])
         kind = kinds.pop() if len(kinds) == 1 else VarianceUncertainty
-        uncertainty = _uncertainty_of_kind(kind, variance, mask)
+        uncertainty = uncertainty_of_kind(kind, variance)
     else:
         uncertainty = None
     coadd_psf = _coadd_psf(psf, scan, wcs_out)
-    meta = _record(scan, n, combine, mode, reproject_function)
+    targets = {t for t in scan["targets"] if t is not None}
+    record = coadd_record(n_inputs=n, combine=combine, weights=mode,
+                          reproject_name=getattr(reproject_function, "__name__", "?"),
+                          target=targets.pop() if len(targets) == 1 else None)
+    meta = annotated_meta(fits.Header(), record, COADD_HISTORY)
     result = CCDData(data, unit=scan["unit"], uncertainty=uncertainty, mask=mask,
                      wcs=copy.deepcopy(wcs_out), meta=meta, psf=coadd_psf)
     result.footprint = coverage
@@ -282,15 +288,8 @@ def coadd(matched, output_wcs, shape_out=None, *, combine="mean", weights=None,
 def _check_items(matched):
     if isinstance(matched, ManyResult):
         matched = matched.matched
-    if isinstance(matched, NDData | MatchResult | str | os.PathLike) \
-            or not hasattr(matched, "__len__"):
-        msg = (f"matched must be a sequence of MatchResults, CCDData/NDData images or FITS "
-               f"paths, got {type(matched).__name__}")
-        raise TypeError(msg)
-    items = list(matched)
-    if not items:
-        msg = "matched must contain at least one image, got an empty sequence"
-        raise ValueError(msg)
+    items = sequence_of("matched", matched, "MatchResults, CCDData/NDData images or FITS paths",
+                        item="image", not_items=(NDData, MatchResult, os.PathLike))
     return items
 
 
@@ -346,7 +345,8 @@ class _Inputs:
         elif isinstance(item, NDData):
             image = item
         elif isinstance(item, str | os.PathLike):
-            image = CCDData.read(item, **self.read_kwargs)
+            # the matched-exposure layout: the weights stored with the image
+            image, weights = read_matched(item, **self.read_kwargs)
         else:
             msg = (f"{name} must be a MatchResult, a CCDData/NDData image or a FITS path, "
                    f"got {type(item).__name__}")
@@ -376,8 +376,8 @@ class _Inputs:
             unit = u.Unit(image.unit) if image.unit is not None else u.dimensionless_unscaled
             units.append(unit)
             uncertainty = image.uncertainty
-            if uncertainty is not None and not isinstance(uncertainty, _UNCERTAINTY_KINDS):
-                _variance_from(uncertainty, np.shape(image.data))  # raises the TypeError
+            if uncertainty is not None and not isinstance(uncertainty, UNCERTAINTY_KINDS):
+                variance_of(uncertainty, np.shape(image.data))  # raises the TypeError
             kind = None if uncertainty is None else type(uncertainty)
             kinds.append(kind)
             has_variance.append(kind is not None)
@@ -413,13 +413,13 @@ class _Inputs:
             invalid |= np.asarray(image.mask, dtype=bool)
         variance = None
         if image.uncertainty is not None:
-            variance, _ = _variance_from(image.uncertainty, data.shape)
+            variance, _ = variance_of(image.uncertainty, data.shape)
             variance = np.asarray(variance, dtype=np.float64) * factor**2
         if self.mode == "inverse-variance":
-            if variance is not None:
-                weights = inverse_variance_weights(variance, invalid)
-            else:  # MatchResult.weights of an image without uncertainty object
+            if weights is not None:  # stored with the match (MatchResult, WEIGHTS extension)
                 weights = np.asarray(weights, dtype=np.float64) / factor**2
+            else:
+                weights = inverse_variance_weights(variance, invalid)
         if weights is not None:
             weights = np.where(np.isfinite(weights), weights, 0.0).astype(np.float64)
             invalid |= ~(weights >= 0)
@@ -470,8 +470,8 @@ def _coadd_psf(psf, scan, wcs_out):
     """The PSF stamp of the coadd: given, or the inputs' common stamp."""
     if psf is not None:
         if isinstance(psf, np.ndarray):
-            return np.array(_as_psf(psf, name="psf").stamps(0.0, 0.0, max(psf.shape))[0])
-        checked = _as_psf(psf, name="psf")
+            return np.array(as_psf(psf, name="psf").stamps(0.0, 0.0, max(psf.shape))[0])
+        checked = as_psf(psf, name="psf")
         return checked.stamps(0.0, 0.0, checked.native_size(0.0, 0.0))[0]
     stamps = [p for p in scan["psfs"] if p is not None]
     if not stamps:
@@ -481,7 +481,7 @@ def _coadd_psf(psf, scan, wcs_out):
                       AstropyUserWarning, stacklevel=3)
     size = max(max(s.shape) for s in stamps)
     size += 1 - size % 2
-    resized = [_resize_centred(s / s.sum(), size) for s in stamps]
+    resized = [resize_stamp(s / s.sum(), size) for s in stamps]
     if any(np.max(np.abs(r - resized[0])) > _PSF_TOLERANCE * resized[0].max() for r in resized):
         warnings.warn("the inputs have different PSFs (psf stamps): they were not all matched "
                       "to the same target; the coadd's psf is their mean",
@@ -505,19 +505,3 @@ def _pixel_scale(wcs):
     except Exception:  # noqa: BLE001 - an unusual WCS: assume the same scale
         return 1.0
     return float(np.sqrt(abs(np.linalg.det(matrix))))
-
-
-def _record(scan, n, combine, mode, reproject_function):
-    meta = fits.Header()
-    meta["COADD"] = (True, "co-added by astropsfmatch.coadd")
-    meta["PSFMVERS"] = (str(__version__), "astropsfmatch version")
-    meta["NCOMBINE"] = (n, "number of co-added images")
-    meta["COMBINE"] = (combine, "combination of the images")
-    meta["CWEIGHTS"] = (mode, "weights of the images")
-    meta["REPROJ"] = (getattr(reproject_function, "__name__", "?")[:60], "reprojection")
-    targets = {t for t in scan["targets"] if t is not None}
-    if len(targets) == 1:
-        meta["PSFMTPSF"] = (targets.pop(), "target PSF of the matched images")
-    meta.add_history("Co-added by astropsfmatch.coadd with reproject_and_coadd; the variance "
-                     "ignores the noise correlation of the matching kernel")
-    return meta

@@ -15,7 +15,7 @@ V = S - K + 1 and ``out[y, x] = sum_{j,i} B[j, i] * s[y + K-1-j, x + K-1-i]``.
 import numba
 import numpy as np
 
-from ._options import PARALLEL_JIT_OPTIONS
+from .options import PARALLEL_JIT_OPTIONS
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)

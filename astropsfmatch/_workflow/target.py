@@ -15,13 +15,18 @@ from astropy.modeling import Model
 from astropy.nddata import NDData
 from photutils.psf import CircularGaussianPRF, GriddedPSFModel, MoffatPSF
 
-from ._logging import log
-from .psf import _as_psf
+from .._adapters.psf import as_psf
+from .._engine.moments import (
+    GAUSSIAN_SIGMA_TO_FWHM,
+    largest_eigenvalue,
+    second_moments,
+    smallest_eigenvalue,
+)
+from .._logging import log
+from .._validate import choice, integer, is_int, real, sequence_of
 
+# the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["CommonTarget", "common_target_psf"]
-
-#: FWHM of a Gaussian in units of its sigma, 2 sqrt(2 ln 2).
-_SIGMA_TO_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 _PROFILES = ("gaussian", "moffat")
 
@@ -59,7 +64,7 @@ class CommonTarget:
     fwhm_range : `~numpy.ndarray`
         Shape ``(n, 2)``: for each exposure, the smallest and largest
         Gaussian-equivalent FWHM over its field (from the mean of the two
-        second moments, as :func:`~astropsfmatch.psf.realize_psf` stamps give
+        second moments, as :func:`~astropsfmatch.realize_psf` stamps give
         them).
     major_fwhm : `~numpy.ndarray`
         Shape ``(n,)``: for each exposure, the largest FWHM along any
@@ -189,16 +194,12 @@ def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, bet
     >>> type(target.psf).__name__
     'CircularGaussianPRF'
     """
-    profile = _check_choice(profile, "profile", _PROFILES)
-    margin = _check_number(margin, "margin", minimum=1.0, inclusive=True)
-    if profile == "moffat":
-        beta = _check_number(beta, "beta", minimum=1.0, inclusive=False)
-    else:
-        beta = None
-    if isinstance(n_samples, bool | np.bool_) or not isinstance(n_samples, int | np.integer) \
-            or n_samples < 2:
-        msg = f"n_samples must be an integer >= 2, got {n_samples!r}"
-        raise ValueError(msg)
+    # profile names are case-insensitive
+    profile = choice(*_PROFILES)("profile", profile.lower() if isinstance(profile, str)
+                                 else profile)
+    margin = real(ge=1)("margin", margin)
+    beta = real(gt=1)("beta", beta) if profile == "moffat" else None
+    n_samples = integer(2)("n_samples", n_samples)
     entries = _exposure_psfs(psfs, shapes)
 
     n = len(entries)
@@ -209,23 +210,23 @@ def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, bet
     for index, (psf, shape) in enumerate(entries):
         x, y = _sample_positions(psf, shape, int(n_samples))
         stamps = psf.stamps(x, y, _moment_size(psf, x, y))
-        ixx, iyy, ixy = _second_moments(stamps)
-        mean_fwhm = _SIGMA_TO_FWHM * np.sqrt(np.maximum((ixx + iyy) / 2.0, 0.0))
-        lam = _largest_eigenvalue(ixx, iyy, ixy)
+        ixx, iyy, ixy = second_moments(stamps)
+        mean_fwhm = GAUSSIAN_SIGMA_TO_FWHM * np.sqrt(np.maximum((ixx + iyy) / 2.0, 0.0))
+        lam = largest_eigenvalue(ixx, iyy, ixy)
         fwhm_range[index] = mean_fwhm.min(), mean_fwhm.max()
         k = int(np.argmax(lam))
-        major[index] = _SIGMA_TO_FWHM * np.sqrt(lam[k])
+        major[index] = GAUSSIAN_SIGMA_TO_FWHM * np.sqrt(lam[k])
         n_positions[index] = x.size
         if lam[k] > worst[0]:
             worst = (float(lam[k]), index, (float(x[k]), float(y[k])))
 
     lam_max, limiting, position = worst
-    required_fwhm = _SIGMA_TO_FWHM * np.sqrt(lam_max)
+    required_fwhm = GAUSSIAN_SIGMA_TO_FWHM * np.sqrt(lam_max)
     required_moment = margin**2 * lam_max
     fwhm = margin * required_fwhm
     for _ in range(_MAX_ADJUSTMENTS):
         model = _make_profile(profile, fwhm, beta)
-        moment = _round_moment(_as_psf(model, name="target"))
+        moment = _round_moment(as_psf(model, name="target"))
         if moment >= required_moment * (1 - 1e-12):
             break
         fwhm *= np.sqrt(required_moment / moment) * (1 + 1e-6)
@@ -250,9 +251,7 @@ def _make_profile(profile, fwhm, beta):
 def _round_moment(psf):
     """The smaller eigenvalue of the second-moment matrix of a constant PSF's stamp."""
     stamps = psf.stamps(np.zeros(1), np.zeros(1), _moment_size(psf, 0.0, 0.0))
-    ixx, iyy, ixy = _second_moments(stamps)
-    half_trace = (ixx + iyy) / 2.0
-    return float((half_trace - np.sqrt(((ixx - iyy) / 2.0) ** 2 + ixy**2))[0])
+    return float(smallest_eigenvalue(*second_moments(stamps))[0])
 
 
 def _moment_size(psf, x, y):
@@ -262,24 +261,6 @@ def _moment_size(psf, x, y):
     would bias its second moments low by ~0.3%.
     """
     return 2 * psf.native_size(x, y) + 1
-
-
-def _second_moments(stamps):
-    """Central second moments (Ixx, Iyy, Ixy) of each unit-flux stamp of (n, S, S)."""
-    size = stamps.shape[-1]
-    d = np.arange(size, dtype=np.float64) - size // 2
-    total = stamps.sum(axis=(1, 2))
-    px = stamps.sum(axis=1) / total[:, np.newaxis]
-    py = stamps.sum(axis=2) / total[:, np.newaxis]
-    cx, cy = px @ d, py @ d
-    ixx = px @ d**2 - cx**2
-    iyy = py @ d**2 - cy**2
-    ixy = np.einsum("nij,i,j->n", stamps, d, d) / total - cx * cy
-    return ixx, iyy, ixy
-
-
-def _largest_eigenvalue(ixx, iyy, ixy):
-    return (ixx + iyy) / 2.0 + np.sqrt(((ixx - iyy) / 2.0) ** 2 + ixy**2)
 
 
 def _sample_positions(psf, shape, n_samples):
@@ -306,14 +287,8 @@ def _sample_positions(psf, shape, n_samples):
 
 def _exposure_psfs(psfs, shapes):
     """Validate ``psfs`` and ``shapes``: a list of (_PSF, shape or None)."""
-    if isinstance(psfs, NDData | np.ndarray | Model | str) or not hasattr(psfs, "__iter__"):
-        msg = (f"psfs must be a sequence with one PSF (or image) per exposure, got "
-               f"{type(psfs).__name__}")
-        raise TypeError(msg)
-    psfs = list(psfs)
-    if not psfs:
-        msg = "psfs must contain at least one PSF, got an empty sequence"
-        raise ValueError(msg)
+    psfs = sequence_of("psfs", psfs, "a sequence with one PSF (or image) per exposure", item="PSF",
+                       not_items=(NDData, np.ndarray, Model))
     n = len(psfs)
     if shapes is None:
         shapes = [None] * n
@@ -340,7 +315,7 @@ def _exposure_psfs(psfs, shapes):
                 msg = f"shapes[{index}] must be an image shape (ny, nx), got {shape!r}"
                 raise ValueError(msg)
             shape = (int(shape[0]), int(shape[1]))
-        entries.append((_as_psf(item, name=name), shape))
+        entries.append((as_psf(item, name=name), shape))
     return entries
 
 
@@ -348,24 +323,4 @@ def _is_shape(value):
     """True for a pair of positive integers."""
     if not isinstance(value, tuple | list) or len(value) != 2:
         return False
-    return all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
-               for v in value)
-
-
-def _check_choice(value, name, allowed):
-    if not isinstance(value, str) or value.lower() not in allowed:
-        msg = f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
-        raise ValueError(msg)
-    return value.lower()
-
-
-def _check_number(value, name, *, minimum, inclusive):
-    ok = not isinstance(value, bool) and np.isscalar(value) and np.isreal(value) \
-        and np.isfinite(value)
-    if ok:
-        ok = value >= minimum if inclusive else value > minimum
-    if not ok:
-        relation = ">=" if inclusive else ">"
-        msg = f"{name} must be a finite number {relation} {minimum:g}, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
+    return all(is_int(v) and v > 0 for v in value)

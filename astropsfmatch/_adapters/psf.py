@@ -2,7 +2,7 @@
 
 Every PSF the package accepts -- a photutils PSF model, an astropy 2-D model
 usable through `photutils.psf.make_psf_model`, or a 2-D odd-sized array -- is
-turned into a private `_PSF` object by `_as_psf`. That object realizes
+turned into a `PSFAdapter` object by `as_psf`. That object realizes
 *stamps*: float64 images of odd size that sum to one, with the PSF centre on
 the centre pixel, carrying the PSF *shape* at a given image position.
 
@@ -12,6 +12,9 @@ around its centre and normalizes the samples to unit sum. Analytic models and
 per stamp size; `~photutils.psf.GriddedPSFModel` is realized at many positions
 at once by a vectorized reproduction of its own interpolation (bilinear
 weights of the four nearest grid ePSFs, each ePSF sampled by its cubic spline).
+
+**A new kind of PSF input is added here**: a `PSFAdapter` subclass that
+realizes its stamps, and a branch in `as_psf`.
 """
 
 import numpy as np
@@ -20,10 +23,12 @@ from astropy.units import Quantity
 from photutils.psf import GriddedPSFModel, ImagePSF, make_psf_model
 from scipy.interpolate import RectBivariateSpline
 
-__all__ = ["realize_psf"]
+from .._engine.grid import resize_stamp
+from .._engine.moments import moment_fwhm
+from .._validate import InvalidTypeError, integer
 
-#: FWHM of a Gaussian in units of its sigma, 2 sqrt(2 ln 2).
-_GAUSSIAN_SIGMA_TO_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+# the public names of this module, re-exported by astropsfmatch/__init__.py
+__all__ = ["realize_psf"]
 
 #: Fraction of the flux the natural stamp of an analytic model must hold.
 _FLUX_FRACTION = 0.999
@@ -119,7 +124,7 @@ def realize_psf(model, x, y, size=None):
     --------
     >>> import numpy as np
     >>> from photutils.psf import CircularGaussianPSF
-    >>> from astropsfmatch.psf import realize_psf
+    >>> from astropsfmatch import realize_psf
     >>> stamp = realize_psf(CircularGaussianPSF(fwhm=3.0), 100.0, 200.0,
     ...                     size=15)
     >>> stamp.shape
@@ -131,21 +136,21 @@ def realize_psf(model, x, y, size=None):
     >>> realize_psf(CircularGaussianPSF(fwhm=3.0), 0.0, 0.0).shape
     (9, 9)
     """
-    psf = _as_psf(model, name="model")
+    psf = as_psf(model, name="model")
     x, y = _check_position(x, "x"), _check_position(y, "y")
     if size is None:
         size = psf.native_size(x, y)
     return psf.stamps(x, y, size)[0]
 
 
-def _as_psf(psf, *, name="source_psf", psf_size=None):
+def as_psf(psf, *, name="source_psf", psf_size=None):
     """
-    Validate a PSF input and wrap it in a `_PSF` object.
+    Validate a PSF input and wrap it in a `PSFAdapter` object.
 
     Parameters
     ----------
-    psf : `~astropy.modeling.Model`, 2-D array_like or `_PSF`
-        The PSF (see `realize_psf`). A `_PSF` is returned unchanged.
+    psf : `~astropy.modeling.Model`, 2-D array_like or `PSFAdapter`
+        The PSF (see `realize_psf`). A `PSFAdapter` is returned unchanged.
     name : str, optional
         The parameter name used in error messages.
     psf_size : odd int >= 3 or `None`, optional
@@ -155,14 +160,14 @@ def _as_psf(psf, *, name="source_psf", psf_size=None):
 
     Returns
     -------
-    psf : `_PSF`
+    psf : `PSFAdapter`
         The wrapped PSF. Its ``model`` attribute is the original object,
         which is never modified.
     """
-    if isinstance(psf, _PSF):
+    if isinstance(psf, PSFAdapter):
         return psf
     if psf_size is not None:
-        psf_size = _check_size(psf_size, "psf_size", minimum=3)
+        psf_size = integer(3, odd=True)("psf_size", psf_size)
     if isinstance(psf, GriddedPSFModel):
         return _GriddedPSF(psf, name)
     if isinstance(psf, Model):
@@ -176,7 +181,7 @@ def _as_psf(psf, *, name="source_psf", psf_size=None):
     raise TypeError(msg)
 
 
-class _PSF:
+class PSFAdapter:
     """
     A validated PSF that realizes unit-flux stamps (base class).
 
@@ -239,7 +244,7 @@ class _PSF:
             one with the PSF centre on its centre pixel.
         """
         x, y = _check_positions(x, y)
-        size = _check_size(size, "size")
+        size = integer(1, odd=True)("size", size)
         return self._stamps(x, y, size)
 
     def fwhm(self, x, y):
@@ -264,10 +269,10 @@ class _PSF:
             Float64 array of shape ``(n,)`` in pixels.
         """
         x, y = _check_positions(x, y)
-        return _moment_fwhm(self._stamps(x, y, self._natural_size))
+        return moment_fwhm(self._stamps(x, y, self._natural_size))
 
 
-class _ConstantPSF(_PSF):
+class _ConstantPSF(PSFAdapter):
     """A PSF with the same shape everywhere: one stamp per size, cached."""
 
     def __init__(self, model, name):
@@ -286,10 +291,10 @@ class _ConstantPSF(_PSF):
 
     def fwhm(self, x, y):
         x, y = _check_positions(x, y)
-        value = _moment_fwhm(self._stamp(self._natural_size)[np.newaxis])[0]
+        value = moment_fwhm(self._stamp(self._natural_size)[np.newaxis])[0]
         return np.full(x.size, value)
 
-    fwhm.__doc__ = _PSF.fwhm.__doc__
+    fwhm.__doc__ = PSFAdapter.fwhm.__doc__
 
 
 class _ArrayPSF(_ConstantPSF):
@@ -303,10 +308,10 @@ class _ArrayPSF(_ConstantPSF):
             data = np.asarray(psf.value if isinstance(psf, Quantity) else psf)
         except (TypeError, ValueError) as exc:  # ragged nested sequences
             msg = f"{name} must be a 2-D array of real numbers, got {type(psf).__name__}: {exc}"
-            raise TypeError(msg) from exc
+            raise InvalidTypeError(msg) from exc
         if data.dtype.kind not in "biuf":
             msg = f"{name} must be a 2-D array of real numbers, got dtype {data.dtype}"
-            raise TypeError(msg)
+            raise InvalidTypeError(msg)
         data = data.astype(np.float64)  # a private copy in native byte order
         if data.ndim != 2:
             msg = f"{name} must be a 2-D array, got {data.ndim}-D with shape {data.shape}"
@@ -331,7 +336,7 @@ class _ArrayPSF(_ConstantPSF):
         self._natural_size = max(data.shape)
 
     def _raw_stamp(self, size):
-        return _resize_centred(self._data, size)
+        return resize_stamp(self._data, size)
 
 
 class _ModelPSF(_ConstantPSF):
@@ -414,7 +419,7 @@ class _ModelPSF(_ConstantPSF):
         return max(2 * radius + 1, _MIN_NATURAL_SIZE)
 
 
-class _GriddedPSF(_PSF):
+class _GriddedPSF(PSFAdapter):
     """
     A `~photutils.psf.GriddedPSFModel`, realized at many positions at once.
 
@@ -599,18 +604,6 @@ def _ring_sums(stamp):
     return np.bincount(radius.ravel(), weights=stamp.ravel(), minlength=size // 2 + 1)
 
 
-def _resize_centred(data, size):
-    """Pad with zeros or clip a 2-D odd-sized array to (size, size), centred."""
-    out = np.zeros((size, size))
-    h = size // 2
-    ny, nx = data.shape
-    ry, rx = min(ny // 2, h), min(nx // 2, h)
-    out[h - ry:h + ry + 1, h - rx:h + rx + 1] = data[
-        ny // 2 - ry:ny // 2 + ry + 1, nx // 2 - rx:nx // 2 + rx + 1
-    ]
-    return out
-
-
 def _normalize(stamps, name, what):
     """Divide each stamp of (n, S, S) by its sum, checking it is usable."""
     stamps = np.array(stamps, dtype=np.float64)
@@ -634,38 +627,12 @@ def _normalize(stamps, name, what):
     return stamps
 
 
-def _moment_fwhm(stamps):
-    """Gaussian-equivalent FWHM from the second central moments of (n, S, S)."""
-    size = stamps.shape[-1]
-    offsets = np.arange(size, dtype=np.float64) - size // 2
-    total = stamps.sum(axis=(1, 2))
-    py = stamps.sum(axis=2) / total[:, np.newaxis]  # marginal along y
-    px = stamps.sum(axis=1) / total[:, np.newaxis]  # marginal along x
-    cy = py @ offsets
-    cx = px @ offsets
-    iyy = py @ offsets**2 - cy**2
-    ixx = px @ offsets**2 - cx**2
-    variance = np.maximum((ixx + iyy) / 2.0, 0.0)
-    return _GAUSSIAN_SIGMA_TO_FWHM * np.sqrt(variance)
-
-
-def _check_size(size, name, *, minimum=1):
-    """Check that ``size`` is an odd integer >= ``minimum``; return an int."""
-    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
-        msg = f"{name} must be an odd integer >= {minimum}, got {size!r}"
-        raise TypeError(msg)
-    if size < minimum or size % 2 == 0:
-        msg = f"{name} must be an odd integer >= {minimum}, got {size!r}"
-        raise ValueError(msg)
-    return int(size)
-
-
 def _check_position(value, name):
     """Check a scalar position coordinate; return a float."""
     array = np.asarray(value)
     if array.ndim != 0 or not np.issubdtype(array.dtype, np.number):
         msg = f"{name} must be a finite real number, got {value!r}"
-        raise TypeError(msg) if array.ndim == 0 else ValueError(msg)
+        raise InvalidTypeError(msg) if array.ndim == 0 else ValueError(msg)
     result = float(array)
     if not np.isfinite(result):
         msg = f"{name} must be a finite real number, got {value!r}"
@@ -680,7 +647,7 @@ def _check_positions(x, y):
         y = np.asarray(y, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         msg = f"x and y must be real numbers or arrays of them: {exc}"
-        raise TypeError(msg) from exc
+        raise InvalidTypeError(msg) from exc
     try:
         x, y = np.broadcast_arrays(x, y)
     except ValueError as exc:

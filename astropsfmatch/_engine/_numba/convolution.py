@@ -1,4 +1,4 @@
-"""Numba kernels of the spatially varying convolution (``astropsfmatch.convolve``).
+"""Numba kernels of the spatially varying convolution (``_engine.convolve``).
 
 The convolution works on FFT tiles. After the inverse FFT along y of every
 monomial product spectrum, :func:`weighted_sum_rows` multiplies each row by
@@ -12,9 +12,9 @@ caller runs one tile per thread.
 import numba
 import numpy as np
 
-from ._options import JIT_OPTIONS
+from .options import JIT_OPTIONS
 
-__all__ = ["dilate_box", "weighted_sum_columns", "weighted_sum_rows"]
+__all__ = []  # internal to the package: nothing here is public
 
 
 # The loops below index 1-D row views with bare loop counters only: with

@@ -8,15 +8,18 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from astropy.io import fits
 from astropy.modeling import Model
 from astropy.nddata import CCDData, NDData
 
-from ._logging import log
-from .config import MatchConfig
-from .matcher import ModelPsfMatcher, _check_kernel_sum
-from .psf import _as_psf
+from .._adapters.files import write_hdulist, write_matched
+from .._adapters.psf import as_psf
+from .._logging import log
+from .._optional import available, require
+from .._validate import check_type, real, sequence_of
+from ..config import MatchConfig
+from .matcher import ModelPsfMatcher
 
+# the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["ManyResult", "match_many"]
 
 #: With a dask client, at most this many tasks per worker thread are in
@@ -202,14 +205,12 @@ def match_many(images, target_psf, *, source_psfs=None, config=None, client=None
     source_psfs = _check_per_exposure(source_psfs, n, "source_psfs")
     if config is None:
         config = MatchConfig()
-    elif not isinstance(config, MatchConfig):
-        msg = f"config must be a MatchConfig or None, got {type(config).__name__}"
-        raise TypeError(msg)
+    check_type("config", config, MatchConfig, "a MatchConfig or None")
     if client is not None:
         _check_client(client)
     # shared inputs: a problem here is the caller's, not one exposure's
-    _as_psf(target_psf, name="target_psf", psf_size=config.psf_size)
-    kernel_sum = _check_kernel_sum(kernel_sum)
+    as_psf(target_psf, name="target_psf", psf_size=config.psf_size)
+    kernel_sum = real(gt=0, normal=True)("kernel_sum", kernel_sum)
     read_kwargs = dict(read_kwargs or {})
     names = _exposure_names(images, names)
     outputs = [None] * n
@@ -252,7 +253,7 @@ def match_many(images, target_psf, *, source_psfs=None, config=None, client=None
 
 def _run_on_client(client, tasks, collect):
     """Submit one task per exposure, a bounded number at a time; collect as they complete."""
-    from distributed import as_completed
+    as_completed = require("distributed", "client= needs").as_completed
 
     token = uuid.uuid4().hex[:12]
     nthreads = sum(client.nthreads().values())
@@ -289,14 +290,8 @@ def _run_on_client(client, tasks, collect):
 
 
 def _check_client(client):
-    try:
-        from distributed import Client
-    except ImportError as exc:  # pragma: no cover - a client implies distributed
-        msg = "client= needs dask.distributed (pip install 'dask[distributed]')"
-        raise ImportError(msg) from exc
-    if not isinstance(client, Client):
-        msg = f"client must be a dask.distributed.Client or None, got {type(client).__name__}"
-        raise TypeError(msg)
+    distributed = require("distributed", "client= needs")
+    check_type("client", client, distributed.Client, "a dask.distributed.Client or None")
 
 
 def _worker_threads():
@@ -334,31 +329,12 @@ def _match_one(image, target_psf, source_psf, config, kernel_sum, outputs, overw
         if outputs is None:
             return _Outcome(ok=True, result=result, duration=time.perf_counter() - start)
         matched_path, kernel_path = outputs
-        _write_matched(result, matched_path)
-        _atomic_write(kernel_path, result.kernel.write)
+        write_matched(result.matched, matched_path, weights=result.weights)
+        write_hdulist(result.kernel.to_hdulist(), kernel_path)
         return _Outcome(ok=True, result=matched_path, kernel_path=kernel_path,
                         duration=time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - one bad exposure must not lose the others
         return _Outcome(ok=False, error=_describe(exc), duration=time.perf_counter() - start)
-
-
-def _write_matched(result, path):
-    """The matched CCDData (with UNCERT, MASK, PSFIMAGE) plus a WEIGHTS extension."""
-    hdul = result.matched.to_hdu()
-    if result.weights is not None:
-        hdul.append(fits.ImageHDU(result.weights, name="WEIGHTS"))
-    _atomic_write(path, hdul.writeto)
-
-
-def _atomic_write(path, writer):
-    """Write to a temporary name, then rename: no partial file if interrupted."""
-    partial = f"{path}.{uuid.uuid4().hex[:8]}.part"
-    try:
-        writer(partial, overwrite=True)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def _describe(exc):
@@ -370,22 +346,15 @@ def _is_path(item):
 
 
 def _check_images(images):
-    if isinstance(images, NDData | str | os.PathLike) or not hasattr(images, "__len__") \
-            or not hasattr(images, "__getitem__"):
-        msg = (f"images must be a sequence of CCDData/NDData images or FITS paths, got "
-               f"{type(images).__name__}")
-        raise TypeError(msg)
-    return list(images)
+    return sequence_of("images", images, "CCDData/NDData images or FITS paths",
+                       item="image", not_items=(NDData, os.PathLike), allow_empty=True)
 
 
 def _check_per_exposure(values, n, name):
     if values is None:
         return [None] * n
-    if isinstance(values, str | Model | NDData) or not hasattr(values, "__iter__"):
-        msg = f"{name} must be None or a sequence with one entry per exposure, got " \
-              f"{type(values).__name__}"
-        raise TypeError(msg)
-    values = list(values)
+    values = sequence_of(name, values, "None or a sequence with one entry per exposure",
+                         not_items=(Model, NDData), allow_empty=True)
     if len(values) != n:
         msg = f"{name} must have one entry per exposure: got {len(values)} for {n} exposure(s)"
         raise ValueError(msg)
@@ -439,13 +408,10 @@ class _Progress:
         self.done = 0
         self.failed = 0
         self.bar = None
-        if self.enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, desc="match_many", unit="exposure")
+        if self.enabled and available("tqdm.auto"):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="match_many", unit="exposure")
 
     def update(self, name, ok):
         self.done += 1

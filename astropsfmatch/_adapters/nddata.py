@@ -1,4 +1,7 @@
-"""Read a CCDData/NDData/array image into plain arrays; build the matched CCDData."""
+"""Images in and out: a CCDData/NDData/array image split into plain arrays, and the
+matched `~astropy.nddata.CCDData` built from arrays (uncertainty of the input's kind,
+mask, WCS, unit, meta with the operation recorded, PSF).
+"""
 
 import copy
 from dataclasses import dataclass
@@ -14,11 +17,11 @@ from astropy.nddata import (
     VarianceUncertainty,
 )
 
-from ._kernels import weights as weights_kernel
+from .._engine.weights import inverse_variance_weights
 
-__all__ = ["ParsedImage", "build_matched_ccd", "inverse_variance_weights", "parse_image"]
+__all__ = []  # internal to the package: nothing here is public
 
-_UNCERTAINTY_KINDS = (StdDevUncertainty, VarianceUncertainty, InverseVariance)
+UNCERTAINTY_KINDS = (StdDevUncertainty, VarianceUncertainty, InverseVariance)
 
 
 @dataclass
@@ -39,11 +42,11 @@ class ParsedImage:
     psf: object = None
 
 
-def _variance_from(uncertainty, shape):
+def variance_of(uncertainty, shape):
     """Variance array of an astropy uncertainty, with its class."""
     if uncertainty is None:
         return None, None
-    if not isinstance(uncertainty, _UNCERTAINTY_KINDS):
+    if not isinstance(uncertainty, UNCERTAINTY_KINDS):
         msg = (f"image.uncertainty must be StdDevUncertainty, VarianceUncertainty or "
                f"InverseVariance, got {type(uncertainty).__name__}")
         raise TypeError(msg)
@@ -114,7 +117,7 @@ def parse_image(image, source_psf=None):
             msg = f"image.mask has shape {mask.shape}, the data has shape {data.shape}"
             raise ValueError(msg)
         mask = mask.astype(bool, copy=False)
-    variance, kind = _variance_from(uncertainty, data.shape)
+    variance, kind = variance_of(uncertainty, data.shape)
     if source_psf is None:
         source_psf = psf
     if source_psf is None:
@@ -125,60 +128,34 @@ def parse_image(image, source_psf=None):
                        wcs=wcs, meta=meta, psf=source_psf)
 
 
-def inverse_variance_weights(variance, mask):
-    """Inverse-variance weights, 0 where masked or the variance is not usable.
+def uncertainty_of_kind(kind, variance, weights=None):
+    """An astropy uncertainty of class ``kind`` holding ``variance`` (None without one).
 
-    This is what ``reproject_and_coadd`` takes as ``input_weights``.
-
-    Parameters
-    ----------
-    variance : ndarray or None
-        Variance map (2-D).
-    mask : ndarray of bool
-        True where a pixel is bad.
-
-    Returns
-    -------
-    weights : ndarray or None
-        Same dtype as ``variance`` (floating); None when ``variance`` is None.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> inverse_variance_weights(np.array([[4.0, np.nan, 0.0, 1.0]]),
-    ...                          np.array([[False, False, False, True]]))
-    array([[0.25, 0.  , 0.  , 0.  ]])
+    For `~astropy.nddata.InverseVariance` the inverse-variance ``weights``
+    (0 where masked) are used as they are, so they are computed only once.
     """
-    if variance is None:
-        return None
-    variance = np.asarray(variance)
-    dtype = np.result_type(variance.dtype, np.float32).newbyteorder("=")
-    variance = np.ascontiguousarray(variance, dtype=dtype)
-    mask = np.ascontiguousarray(mask, dtype=bool)
-    if variance.ndim != 2 or mask.shape != variance.shape:
-        msg = (f"variance must be 2-D with the shape of mask, got {variance.shape} "
-               f"and {mask.shape}")
-        raise ValueError(msg)
-    return weights_kernel.inverse_variance(variance, mask)
-
-
-def _uncertainty_of_kind(kind, variance, mask):
     if kind is None or variance is None:
         return None
     if kind is StdDevUncertainty:
         return StdDevUncertainty(np.sqrt(variance))
     if kind is VarianceUncertainty:
         return VarianceUncertainty(variance)
-    return InverseVariance(inverse_variance_weights(variance, mask))
+    if weights is None:
+        weights = inverse_variance_weights(variance, ~np.isfinite(variance))
+    return InverseVariance(weights)
 
 
-def _history_meta(meta, record):
-    """Copy of the input meta with the operation recorded in FITS-safe keywords."""
+def annotated_meta(meta, record, history):
+    """Copy of ``meta`` with ``record`` (``{KEY: (value, comment)}``) added.
+
+    A FITS `~astropy.io.fits.Header` gets the keywords with their comments
+    and one ``HISTORY`` card; any other mapping gets the values.
+    """
     if isinstance(meta, fits.Header):
         out = meta.copy()
         for key, (value, comment) in record.items():
             out[key] = (value, comment)
-        out.add_history("PSF-matched by astropsfmatch to the target PSF in PSFMTPSF")
+        out.add_history(history)
         return out
     out = copy.deepcopy(dict(meta)) if meta is not None else {}
     for key, (value, _comment) in record.items():
@@ -186,23 +163,28 @@ def _history_meta(meta, record):
     return out
 
 
-def build_matched_ccd(parsed, data, variance, mask, *, target_stamp, record):
+def build_matched_ccd(parsed, convolved, weights, *, target_stamp, record, history):
     """The matched CCDData: data, uncertainty of the input's kind, mask, WCS, unit, meta, PSF.
 
     Parameters
     ----------
     parsed : ParsedImage
         The input.
-    data, variance, mask : ndarray
+    convolved : ConvolvedImage
         Convolved data, variance (or None) and mask.
+    weights : ndarray or None
+        Inverse-variance weights of the output (used for an
+        `~astropy.nddata.InverseVariance` input).
     target_stamp : ndarray
         The target PSF stamp (becomes ``psf``).
     record : dict
         ``{KEY: (value, comment)}`` FITS-safe record of the operation.
+    history : str
+        The HISTORY line of a FITS header.
     """
     unit = parsed.unit if parsed.unit is not None else u.dimensionless_unscaled
     return CCDData(
-        data, unit=unit, mask=mask,
-        uncertainty=_uncertainty_of_kind(parsed.uncertainty_type, variance, mask),
-        wcs=copy.deepcopy(parsed.wcs), meta=_history_meta(parsed.meta, record),
+        convolved.data, unit=unit, mask=convolved.mask,
+        uncertainty=uncertainty_of_kind(parsed.uncertainty_type, convolved.variance, weights),
+        wcs=copy.deepcopy(parsed.wcs), meta=annotated_meta(parsed.meta, record, history),
         psf=np.array(target_stamp, copy=True))

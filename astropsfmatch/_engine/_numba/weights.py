@@ -3,7 +3,7 @@
 import numba
 import numpy as np
 
-from ._options import PARALLEL_JIT_OPTIONS
+from .options import PARALLEL_JIT_OPTIONS
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)

@@ -7,8 +7,6 @@ The spatially varying convolution is therefore a weighted sum of ordinary
 convolutions, which FFTs compute exactly — no kernel interpolation.
 """
 
-import numbers
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,10 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from ._kernels.convolution import dilate_box, weighted_sum_columns, weighted_sum_rows
+from .._threads import thread_scope
+from .._validate import InvalidTypeError, same_shape
+from ._numba.convolution import dilate_box, weighted_sum_columns, weighted_sum_rows
 from .kernel import SpatialKernel
 from .spatial import spatial_exponents
 
+# the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["ConvolvedImage", "convolve_spatially_varying"]
 
 # Target side of the FFT tiles. Tiles of a few hundred pixels keep every
@@ -60,19 +61,7 @@ def _compute_dtype(array, name):
     if kind in "biuf":
         return np.dtype(np.float64)
     msg = f"{name} must hold real numbers, got dtype {array.dtype}"
-    raise ValueError(msg)
-
-
-def _check_workers(workers):
-    if workers is None:
-        try:
-            return max(len(os.sched_getaffinity(0)), 1)
-        except AttributeError:  # pragma: no cover - not on Linux
-            return os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
-        msg = f"workers must be None or an integer >= 1, got {workers!r}"
-        raise ValueError(msg)
-    return int(workers)
+    raise InvalidTypeError(msg)
 
 
 def _squared_monomials(exponents, images):
@@ -261,7 +250,8 @@ def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normal
     normalize : bool, optional
         Divide by the kernel sum, so that flux is conserved (default).
     workers : int, optional
-        Number of threads; default all the CPUs this process may use.
+        Number of threads (tiles convolved at once, and FFT workers);
+        default all the CPUs this process may use.
 
     Returns
     -------
@@ -303,9 +293,8 @@ def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normal
     Examples
     --------
     >>> import numpy as np
-    >>> from astropsfmatch.basis import make_alard_lupton_basis
-    >>> from astropsfmatch.kernel import SpatialKernel
-    >>> from astropsfmatch.convolve import convolve_spatially_varying
+    >>> from astropsfmatch import (SpatialKernel, convolve_spatially_varying,
+    ...                            make_alard_lupton_basis)
     >>> basis = make_alard_lupton_basis(5, [1.0], [1])
     >>> coefficients = [[1.0, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 0.1]]
     >>> kernel = SpatialKernel(basis, coefficients, spatial_model='chebyshev1',
@@ -317,6 +306,13 @@ def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normal
     >>> bool(np.allclose(result.data[~result.mask], 1.0, atol=1e-6))
     True
     """
+    inputs = check_convolution_inputs(data, kernel, variance, mask, normalize)
+    with thread_scope(workers) as n_threads:
+        return convolve_checked(*inputs, n_threads=n_threads)
+
+
+def check_convolution_inputs(data, kernel, variance, mask, normalize):
+    """Validate the inputs: ``(data, kernel, variance, mask, kernel_sum, dtype)``."""
     if not isinstance(kernel, SpatialKernel):
         msg = f"kernel must be a SpatialKernel, got {type(kernel).__name__}"
         raise ValueError(msg)
@@ -331,24 +327,25 @@ def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normal
                "no output pixel would have a complete kernel")
         raise ValueError(msg)
     if variance is not None:
-        variance = np.asarray(variance)
-        if variance.shape != data.shape:
-            msg = (f"variance must have the shape of data {data.shape}, "
-                   f"got {variance.shape}")
-            raise ValueError(msg)
+        variance = same_shape("variance", variance, data.shape, of="data")
         _compute_dtype(variance, "variance")
     if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != data.shape:
-            msg = f"mask must have the shape of data {data.shape}, got {mask.shape}"
-            raise ValueError(msg)
-        mask = mask.astype(bool, copy=False)
+        mask = same_shape("mask", mask, data.shape, of="data").astype(bool, copy=False)
     kernel_sum = kernel.kernel_sum if normalize else 1.0
     if not (np.isfinite(kernel_sum) and kernel_sum != 0):
         msg = (f"normalize=True needs a finite non-zero kernel sum, got {kernel_sum}; "
                "use normalize=False")
         raise ValueError(msg)
-    n_threads = _check_workers(workers)
+    return data, kernel, variance, mask, kernel_sum, dtype
+
+
+def convolve_checked(data, kernel, variance, mask, kernel_sum, dtype, *, n_threads):
+    """The convolution on inputs that `check_convolution_inputs` has validated.
+
+    For callers that hold a thread scope already (the matcher):
+    ``n_threads`` tiles are convolved at once.
+    """
+    size = kernel.kernel_size
 
     shape, half = data.shape, size // 2
     bad = ~np.isfinite(data)

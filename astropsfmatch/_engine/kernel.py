@@ -12,6 +12,7 @@ from .spatial import (
     spatial_terms,
 )
 
+# the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["SpatialKernel"]
 
 _FORMAT_NAME = "ASTROPSFMATCH-KERNEL"
@@ -130,6 +131,12 @@ class SpatialKernel:
         """Sum of the kernel (the same at every position)."""
         return float(self._term_images[0].sum())
 
+    def scaled(self, factor):
+        """The same kernel multiplied by ``factor`` (its sum becomes ``factor`` times as large)."""
+        return SpatialKernel(self._basis, self._coefficients * factor,
+                             spatial_model=self.spatial_model,
+                             spatial_order=self.spatial_order, bbox=self.bbox)
+
     def normalize_xy(self, x, y):
         """Pixel coordinates mapped to [-1, 1] over :attr:`bbox`."""
         return normalize_coordinates(x, y, self.bbox)
@@ -180,8 +187,13 @@ class SpatialKernel:
         """Write the kernel to a FITS file that :meth:`read` restores exactly.
 
         The primary HDU holds the basis cube, the ``COEFFS`` extension the
-        spatial coefficients; the header records the spatial model.
+        spatial coefficients; the header records the spatial model. Every
+        HDU carries ``CHECKSUM``/``DATASUM`` cards.
         """
+        self.to_hdulist().writeto(path, overwrite=overwrite, checksum=True)
+
+    def to_hdulist(self):
+        """The kernel as a FITS `~astropy.io.fits.HDUList` (see :meth:`write`)."""
         header = fits.Header()
         header["KFORMAT"] = (_FORMAT_NAME, "astropsfmatch spatial kernel")
         header["KFVERS"] = (_FORMAT_VERSION, "format version")
@@ -192,7 +204,7 @@ class SpatialKernel:
         header["KSUM"] = (self.kernel_sum, "kernel sum")
         primary = fits.PrimaryHDU(self._basis, header=header)
         coeffs = fits.ImageHDU(self._coefficients, name="COEFFS")
-        fits.HDUList([primary, coeffs]).writeto(path, overwrite=overwrite)
+        return fits.HDUList([primary, coeffs])
 
     @classmethod
     def read(cls, path):

@@ -1,11 +1,17 @@
-"""The cell grid, PSF stamp sizing and padding, and one kernel candidate per cell."""
+"""The cell grid of the candidates, and PSF stamp sizing and padding."""
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Candidate", "CandidateFit", "CellGrid", "next_odd", "psf_stamp_size", "resize_stamp"]
+from ..config import MatchConfig
+
+# the public names of this module, re-exported by astropsfmatch/__init__.py
+__all__ = ["CellGrid"]
+
+#: The reference defaults, the one source of the defaults below.
+_REFERENCE = MatchConfig()
 
 
 def next_odd(value):
@@ -13,6 +19,7 @@ def next_odd(value):
 
     Examples
     --------
+    >>> from astropsfmatch._engine.grid import next_odd
     >>> next_odd(29.4), next_odd(13), next_odd(12)
     (31, 13, 13)
     """
@@ -47,7 +54,7 @@ class CellGrid:
 
     Examples
     --------
-    >>> from astropsfmatch.cells import CellGrid
+    >>> from astropsfmatch import CellGrid
     >>> CellGrid((4096, 4096), (128, 128), grow=1).n_candidates
     1156
     >>> CellGrid((4096, 4096), (128, 128)).n_cells
@@ -56,7 +63,7 @@ class CellGrid:
 
     shape: tuple
     cell_size: tuple
-    grow: int = 0
+    grow: int = _REFERENCE.grow_cells
 
     def __post_init__(self):
         shape = tuple(int(s) for s in self.shape)
@@ -128,8 +135,8 @@ class CellGrid:
         return (x0, x0 + self.cell_size[1], y0, y0 + self.cell_size[0])
 
 
-def psf_stamp_size(native_size, kernel_size, *, auto_pad_psf=True, auto_pad_psf_to=1.4,
-                   pad_psf_by=0):
+def psf_stamp_size(native_size, kernel_size, *, auto_pad_psf=_REFERENCE.auto_pad_psf,
+                   auto_pad_psf_to=_REFERENCE.auto_pad_psf_to, pad_psf_by=_REFERENCE.pad_psf_by):
     """Side of the PSF stamps, after padding, checked against the kernel size.
 
     Parameters
@@ -157,6 +164,7 @@ def psf_stamp_size(native_size, kernel_size, *, auto_pad_psf=True, auto_pad_psf_
 
     Examples
     --------
+    >>> from astropsfmatch._engine.grid import psf_stamp_size
     >>> psf_stamp_size(11, 9)
     13
     >>> psf_stamp_size(11, 9, auto_pad_psf=False, pad_psf_by=4)
@@ -179,68 +187,18 @@ def psf_stamp_size(native_size, kernel_size, *, auto_pad_psf=True, auto_pad_psf_
 
 
 def resize_stamp(stamp, size):
-    """Pad with zeros or clip a square odd stamp to ``size``, keeping its centre.
+    """Pad with zeros or clip an odd-sized stamp to ``size`` x ``size``, keeping its centre.
 
-    Works on a stack of stamps too (last two axes).
+    Works on a stack of square stamps too (last two axes). A single 2-D
+    stamp may be rectangular (both sides odd).
     """
-    current = stamp.shape[-1]
-    if current == size:
+    stamp = np.asarray(stamp)
+    ny, nx = stamp.shape[-2:]
+    if ny == nx == size:
         return stamp
-    if current > size:
-        cut = (current - size) // 2
-        return stamp[..., cut:cut + size, cut:cut + size]
-    pad = (size - current) // 2
-    widths = [(0, 0)] * (stamp.ndim - 2) + [(pad, pad), (pad, pad)]
-    return np.pad(stamp, widths)
-
-
-@dataclass
-class CandidateFit:
-    """A per-candidate kernel solution and its residual statistics.
-
-    Residuals are ``model - target`` on the complete-convolution region,
-    relative to the target peak.
-    """
-
-    coefficients: np.ndarray
-    kernel: np.ndarray
-    kernel_sum: float
-    model: np.ndarray
-    residual: np.ndarray
-    residual_mean: float
-    residual_std: float
-    residual_max: float
-    condition_number: float
-
-
-@dataclass
-class Candidate:
-    """One kernel candidate: a cell centre with the source and target stamps.
-
-    Attributes
-    ----------
-    index : tuple of int
-        Cell index ``(iy, ix)``.
-    x, y : float
-        Position in image pixels.
-    source, target : ndarray
-        Unit-flux PSF stamps (the target scaled by the kernel sum).
-    fit : CandidateFit or None
-        Per-candidate solution, after solving.
-    rejected : bool
-        True when the candidate was left out of the spatial fit.
-    reason : str
-        Why it was rejected.
-    spatial_residual_max : float
-        Max of ``abs(source ⊛ K(x, y) - target) / peak`` with the spatial kernel.
-    """
-
-    index: tuple
-    x: float
-    y: float
-    source: np.ndarray
-    target: np.ndarray
-    fit: CandidateFit = None
-    rejected: bool = False
-    reason: str = ""
-    spatial_residual_max: float = field(default=np.nan)
+    half = size // 2
+    ry, rx = min(ny // 2, half), min(nx // 2, half)
+    out = np.zeros((*stamp.shape[:-2], size, size), dtype=np.result_type(stamp, np.float64))
+    out[..., half - ry:half + ry + 1, half - rx:half + rx + 1] = stamp[
+        ..., ny // 2 - ry:ny // 2 + ry + 1, nx // 2 - rx:nx // 2 + rx + 1]
+    return out

@@ -1,14 +1,31 @@
-"""Kernel bases: Alard-Lupton (Gaussians times polynomials) and delta functions."""
+"""Kernel bases: Alard-Lupton (Gaussians times polynomials) and delta functions.
+
+The basis images (`make_alard_lupton_basis`, `make_delta_function_basis`),
+the FWHM-scaled widths (`alard_lupton_sigmas`), and `KernelBasis`: the basis
+the solver fits, with its fastest way of convolving PSF stamps, its labels
+and the parameters that describe it. `build_basis` turns a configuration
+into a `KernelBasis`: **a new kind of basis is added here** (a constructor on
+`KernelBasis`, a branch in `build_basis`) and its name in the
+``kernel_basis`` choices of `~astropsfmatch.MatchConfig`.
+"""
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
+from .._validate import fail, integer
+from ..config import MatchConfig
+from ._numba import fitting
+from .moments import GAUSSIAN_SIGMA_TO_FWHM
+
+# the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["AlardLuptonParameters", "alard_lupton_sigmas", "make_alard_lupton_basis",
-           "make_delta_function_basis", "n_alard_lupton_basis"]
+           "make_delta_function_basis"]
 
-_GAUSSIAN_SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: The reference defaults, the one source of every default below.
+_REFERENCE = MatchConfig()
 
 # Sums smaller than this are "zero": the basis function is odd and cannot be
 # normalized by its sum (float32 epsilon, as the reference pipeline uses).
@@ -16,11 +33,10 @@ _SUM_EPSILON = float(np.finfo(np.float32).eps)
 
 
 def _check_kernel_size(kernel_size):
-    if (isinstance(kernel_size, bool) or int(kernel_size) != kernel_size
-            or kernel_size < 1 or kernel_size % 2 == 0):
-        msg = f"kernel_size must be an odd integer >= 1, got {kernel_size!r}"
-        raise ValueError(msg)
-    return int(kernel_size)
+    # integral floats (21.0) are accepted as sizes here, as in 0.1
+    if isinstance(kernel_size, float) and kernel_size.is_integer():
+        kernel_size = int(kernel_size)
+    return integer(1, odd=True)("kernel_size", kernel_size)
 
 
 def _check_sigmas_degrees(sigmas, degrees):
@@ -34,11 +50,9 @@ def _check_sigmas_degrees(sigmas, degrees):
                f"and {len(degrees)} degrees")
         raise ValueError(msg)
     if not all(np.isfinite(s) and s > 0 for s in sigmas):
-        msg = f"sigmas must be finite and > 0, got {sigmas}"
-        raise ValueError(msg)
+        fail("sigmas", sigmas, "finite and > 0")
     if any(int(d) != d or d < 0 for d in degrees):
-        msg = f"degrees must be integers >= 0, got {tuple(degrees.tolist())}"
-        raise ValueError(msg)
+        fail("degrees", tuple(degrees.tolist()), "integers >= 0")
     return sigmas, tuple(int(d) for d in degrees)
 
 
@@ -47,6 +61,7 @@ def n_alard_lupton_basis(degrees):
 
     Examples
     --------
+    >>> from astropsfmatch._engine.basis import n_alard_lupton_basis
     >>> n_alard_lupton_basis((4, 2, 2))
     27
     """
@@ -74,7 +89,7 @@ def _alard_lupton_factors(kernel_size, sigmas, degrees):
     return np.array(x_factors), np.array(y_factors)
 
 
-def _renormalization(raw):
+def renormalize(raw):
     """Linear map from the raw basis to the renormalized one.
 
     Returns ``(matrix, basis)`` with ``basis = tensordot(matrix, raw, 1)``:
@@ -102,7 +117,7 @@ def _alard_lupton_parts(kernel_size, sigmas, degrees):
     """The basis with its separable structure: ``(basis, matrix, x_factors, y_factors)``."""
     x_factors, y_factors = _alard_lupton_factors(kernel_size, sigmas, degrees)
     raw = np.einsum("iy,ix->iyx", y_factors, x_factors)
-    matrix, basis = _renormalization(raw)
+    matrix, basis = renormalize(raw)
     return basis, matrix, x_factors, y_factors
 
 
@@ -211,10 +226,15 @@ class AlardLuptonParameters:
     mode: str
 
 
-def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=(0.7, 1.5, 3.0), degrees=(4, 2, 2),
-                        min_sigma=0.7, min_sigma_deconv=0.4, degree_deconv=3, gauss_beta=2.0,
-                        fwhm_scaling=6.0, kernel_size_min=21, kernel_size_max=35,
-                        kernel_size=21):
+def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=_REFERENCE.alard_sigmas,
+                        degrees=_REFERENCE.alard_degrees, min_sigma=_REFERENCE.alard_min_sigma,
+                        min_sigma_deconv=_REFERENCE.alard_min_sigma_deconv,
+                        degree_deconv=_REFERENCE.alard_degree_deconv,
+                        gauss_beta=_REFERENCE.alard_gauss_beta,
+                        fwhm_scaling=_REFERENCE.kernel_size_fwhm_scaling,
+                        kernel_size_min=_REFERENCE.kernel_size_min,
+                        kernel_size_max=_REFERENCE.kernel_size_max,
+                        kernel_size=_REFERENCE.kernel_size):
     r"""Gaussian widths of the Alard-Lupton basis scaled to the PSF widths.
 
     Treating both PSFs as Gaussians, the kernel that turns the source PSF
@@ -268,8 +288,8 @@ def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=(0.7, 1.5, 3.0), deg
         msg = (f"kernel_size_min must be <= kernel_size_max, got {kernel_size_min} > "
                f"{kernel_size_max}")
         raise ValueError(msg)
-    source_sigma = source_fwhm / _GAUSSIAN_SIGMA_TO_FWHM
-    target_sigma = target_fwhm / _GAUSSIAN_SIGMA_TO_FWHM
+    source_sigma = source_fwhm / GAUSSIAN_SIGMA_TO_FWHM
+    target_sigma = target_fwhm / GAUSSIAN_SIGMA_TO_FWHM
     if np.isclose(source_sigma, target_sigma, rtol=1e-12, atol=0):
         return AlardLuptonParameters(sigmas, degrees, _check_kernel_size(kernel_size), "config")
     if target_sigma > source_sigma:
@@ -288,3 +308,166 @@ def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=(0.7, 1.5, 3.0), deg
     size += 0 if size % 2 else 1
     size = min(kernel_size_max, max(size, kernel_size_min))
     return AlardLuptonParameters(tuple(widths), new_degrees, size, mode)
+
+
+def _alard_lupton_labels(sigmas, degrees):
+    """Label of each Alard-Lupton function: its Gaussian width and polynomial powers."""
+    # the order of _alard_lupton_factors: per sigma, x power outer, y power inner
+    return [f"B{k} σ={sigma:g} u{a}v{b}"
+            for k, (sigma, a, b) in enumerate(
+                (sigma, a, b) for sigma, degree in zip(sigmas, degrees, strict=True)
+                for a in range(degree + 1) for b in range(degree + 1 - a))]
+
+
+class KernelBasis:
+    """Basis images and the fastest way to convolve PSF stamps with them.
+
+    Use the constructors :meth:`alard_lupton`, :meth:`delta_function` and
+    :meth:`from_images` (or `build_basis` from a configuration).
+    ``images[0]`` sums to one and all others sum to zero, so the kernel sum
+    is the first coefficient.
+
+    Attributes
+    ----------
+    images : ndarray, shape (n_basis, K, K)
+        The basis images (float64, C-contiguous).
+    kind : str
+        ``'alard-lupton'``, ``'delta-function'`` or ``'pca'``.
+    parameters : dict
+        What defines the basis (Gaussian widths, degrees, mode, ...).
+    labels : list of str
+        A short label per image, for figures.
+    """
+
+    def __init__(self, images, *, kind, convolve, parameters=None, labels=None):
+        self.images = np.ascontiguousarray(images, dtype=np.float64)
+        self.kind = kind
+        self._convolve = convolve
+        self.parameters = dict(parameters or {})
+        self.labels = list(labels) if labels is not None else [
+            f"B{i}" for i in range(self.images.shape[0])]
+
+    def __repr__(self):
+        return f"<KernelBasis {self.kind} n_basis={self.n_basis} size={self.size}>"
+
+    @property
+    def size(self):
+        """Kernel side K."""
+        return self.images.shape[1]
+
+    @property
+    def n_basis(self):
+        """Number of basis functions."""
+        return self.images.shape[0]
+
+    def describe(self):
+        """The basis as a plain dictionary (kind, size, count and its parameters)."""
+        return {"kind": self.kind, "n_basis": self.n_basis, "kernel_size": self.size,
+                **self.parameters}
+
+    def convolve(self, stamps):
+        """Valid-region convolutions of candidate-last stamps with every basis image.
+
+        Parameters
+        ----------
+        stamps : ndarray, shape (S, S, n)
+            Stamps in the candidate-last layout of the fitting kernels.
+
+        Returns
+        -------
+        convolved : ndarray, shape (nb, V, V, n)
+            ``V = S - K + 1``.
+        """
+        return self._convolve(np.ascontiguousarray(stamps, dtype=np.float64))
+
+    @classmethod
+    def alard_lupton(cls, kernel_size, sigmas, degrees, *, mode="config"):
+        """Alard-Lupton basis; convolutions use its separable structure."""
+        images, matrix, x_factors, y_factors = _alard_lupton_parts(kernel_size, sigmas, degrees)
+        # distinct x profiles: functions of one Gaussian share them
+        distinct, x_index = np.unique(x_factors, axis=0, return_inverse=True)
+        distinct = np.ascontiguousarray(distinct)
+        x_index = np.ascontiguousarray(x_index.ravel(), dtype=np.int64)
+        y_factors = np.ascontiguousarray(y_factors)
+
+        def convolve(stamps):
+            raw = fitting.separable_convolve_valid(stamps, distinct, y_factors, x_index)
+            # the renormalization is linear: one matrix product over all pixels
+            return (matrix @ raw.reshape(raw.shape[0], -1)).reshape(raw.shape)
+
+        sigmas = tuple(float(s) for s in sigmas)
+        degrees = tuple(int(d) for d in degrees)
+        parameters = {"n_gauss": len(sigmas), "sigmas": sigmas, "degrees": degrees,
+                      "mode": mode}
+        return cls(images, kind="alard-lupton", convolve=convolve, parameters=parameters,
+                   labels=_alard_lupton_labels(sigmas, degrees))
+
+    @classmethod
+    def delta_function(cls, kernel_size):
+        """Delta-function basis reparametrized so the kernel sum is one coefficient.
+
+        Function 0 is the delta at the kernel centre; function ``i > 0`` is
+        the delta at another pixel minus the central one (sum zero).
+        """
+        deltas = make_delta_function_basis(kernel_size)
+        n_pixels = deltas.shape[0]
+        centre = n_pixels // 2
+        order = [centre] + [p for p in range(n_pixels) if p != centre]
+        matrix = np.zeros((n_pixels, n_pixels))
+        for row, p in enumerate(order):
+            matrix[row, p] = 1.0
+            if row:
+                matrix[row, centre] -= 1.0
+        images = np.tensordot(matrix, deltas, axes=1)
+        half = kernel_size // 2
+        labels = [f"B{row} δ({p % kernel_size - half},{p // kernel_size - half})"
+                  for row, p in enumerate(order)]
+
+        def convolve(stamps):
+            valid = stamps.shape[0] - kernel_size + 1
+            n = stamps.shape[2]
+            # windows[oy, ox, c] is the valid-size window at offset (oy, ox); the
+            # delta at kernel pixel (j, i) picks offset (K-1-j, K-1-i)
+            windows = sliding_window_view(stamps, (valid, valid), axis=(0, 1))
+            shifted = np.moveaxis(windows[::-1, ::-1], 2, -1).reshape(n_pixels, -1)
+            return (matrix @ shifted).reshape(n_pixels, valid, valid, n)
+
+        return cls(images, kind="delta-function", convolve=convolve, labels=labels)
+
+    @classmethod
+    def from_images(cls, images, *, kind="pca", parameters=None, labels=None):
+        """Any dense basis (e.g. principal components); direct convolution."""
+        images = np.ascontiguousarray(images, dtype=np.float64)
+        return cls(images, kind=kind, convolve=lambda s: fitting.convolve_valid(s, images),
+                   parameters=parameters, labels=labels)
+
+
+def build_basis(config, *, source_fwhm=None, target_fwhm=None):
+    """The `KernelBasis` a configuration asks for.
+
+    Parameters
+    ----------
+    config : MatchConfig
+        ``kernel_basis``, ``kernel_size`` and the Alard-Lupton options.
+    source_fwhm, target_fwhm : float, optional
+        PSF widths (pixels); needed with ``scale_by_fwhm``.
+
+    Returns
+    -------
+    basis : KernelBasis
+    """
+    if config.kernel_basis == "delta-function":
+        return KernelBasis.delta_function(config.kernel_size)
+    if config.scale_by_fwhm:
+        params = alard_lupton_sigmas(
+            source_fwhm, target_fwhm,
+            sigmas=config.alard_sigmas, degrees=config.alard_degrees,
+            min_sigma=config.alard_min_sigma, min_sigma_deconv=config.alard_min_sigma_deconv,
+            degree_deconv=config.alard_degree_deconv, gauss_beta=config.alard_gauss_beta,
+            fwhm_scaling=config.kernel_size_fwhm_scaling,
+            kernel_size_min=config.kernel_size_min, kernel_size_max=config.kernel_size_max,
+            kernel_size=config.kernel_size)
+        return KernelBasis.alard_lupton(params.kernel_size, params.sigmas, params.degrees,
+                                        mode=params.mode)
+    return KernelBasis.alard_lupton(config.kernel_size, config.alard_sigmas,
+                                    config.alard_degrees, mode="config")

@@ -1,3 +1,0 @@
-"""Private numba kernels. Every jitted function lives here and has a plain
-NumPy twin in ``tests/naive.py``; public code validates inputs first.
-"""

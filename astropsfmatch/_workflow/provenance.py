@@ -1,0 +1,102 @@
+"""What a match or a coadd records about itself: `MatchResult.metadata` and FITS keywords.
+
+One builder for both operations, in the spirit of ccdproc's metadata
+logging: `match_metadata` assembles the dictionary of a match,
+`match_record` and `coadd_record` the FITS-safe keywords (``{KEY: (value,
+comment)}``, short keys, no arrays) that go into the output's ``meta``.
+**A new field of the metadata or a new header keyword goes here.**
+"""
+
+import numpy as np
+
+from .._about import __version__
+
+__all__ = []  # internal to the package: nothing here is public
+
+#: The HISTORY card added to a matched image's FITS header.
+MATCH_HISTORY = "PSF-matched by astropsfmatch to the target PSF in PSFMTPSF"
+
+#: The HISTORY card of a coadd.
+COADD_HISTORY = ("Co-added by astropsfmatch.coadd with reproject_and_coadd; the variance "
+                 "ignores the noise correlation of the matching kernel")
+
+
+def summary(values):
+    """Mean, median, standard deviation and maximum of a list of numbers (NaN if empty)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return {"mean": np.nan, "median": np.nan, "std": np.nan, "max": np.nan}
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "std": float(values.std()), "max": float(values.max())}
+
+
+def match_metadata(solution, candidates, grid, target_stamp, *, kernel_sum, config,
+                   requested_order):
+    """The ``metadata`` dictionary of a `MatchResult` (timings are added by the matcher)."""
+    used = [c for c in candidates if not c.rejected]
+    kernel = solution.kernel
+    return {
+        "version": __version__,
+        "basis": solution.basis.describe(),
+        "spatial": {"model": kernel.spatial_model,
+                    "order": kernel.spatial_order,
+                    "requested_order": requested_order,
+                    "n_terms": kernel.n_terms,
+                    "n_unknowns": solution.info["n_unknowns"],
+                    "condition_number": solution.info["spatial_condition_number"],
+                    "solver": solution.info["solver"]},
+        "kernel_sum": float(kernel_sum),
+        "psf_stamp_size": int(target_stamp.shape[0]),
+        "grid": {"n_cells": grid.n_cells, "cell_size": grid.cell_size},
+        "candidates": {"total": len(candidates), "used": len(used),
+                       "rejected": len(candidates) - len(used)},
+        "candidate_residuals": summary([c.fit.residual_max for c in used]),
+        "spatial_residuals": summary([c.spatial_residual_max for c in used]),
+        "regularization_lambda": solution.info["regularization_lambda"],
+        "solver_timings": solution.info["timings"],
+    }
+
+
+def describe_psf(psf):
+    """A short description of a PSF for a header: its class and FWHM if it has one."""
+    described = type(psf).__name__
+    fwhm = getattr(psf, "fwhm", None)
+    if fwhm is not None and np.ndim(getattr(fwhm, "value", fwhm)) == 0:
+        described += f" fwhm={float(getattr(fwhm, 'value', fwhm)):.4g}"
+    return described[:60]
+
+
+def match_record(metadata, target_psf):
+    """FITS-safe keywords recording a match."""
+    basis = metadata["basis"]
+    return {
+        "PSFMATCH": (True, "PSF-matched by astropsfmatch"),
+        "PSFMVERS": (str(metadata["version"]), "astropsfmatch version"),
+        "PSFMTPSF": (describe_psf(target_psf), "target PSF"),
+        "PSFMKSZ": (basis["kernel_size"], "matching kernel size (pixels)"),
+        "PSFMBAS": (basis["kind"], "kernel basis"),
+        "PSFMNBAS": (basis["n_basis"], "number of basis functions"),
+        "PSFMSPM": (metadata["spatial"]["model"], "spatial model"),
+        "PSFMSPO": (metadata["spatial"]["order"], "spatial order"),
+        "PSFMKSUM": (metadata["kernel_sum"], "kernel sum (convolution normalized by it)"),
+        "PSFMCOND": (float(metadata["spatial"]["condition_number"]),
+                     "spatial condition number"),
+        "PSFMNCND": (metadata["candidates"]["used"], "kernel candidates used"),
+        "PSFMRMAX": (metadata["spatial_residuals"]["max"],
+                     "max candidate residual / target peak"),
+    }
+
+
+def coadd_record(*, n_inputs, combine, weights, reproject_name, target):
+    """FITS-safe keywords recording a coadd."""
+    record = {
+        "COADD": (True, "co-added by astropsfmatch.coadd"),
+        "PSFMVERS": (str(__version__), "astropsfmatch version"),
+        "NCOMBINE": (n_inputs, "number of co-added images"),
+        "COMBINE": (combine, "combination of the images"),
+        "CWEIGHTS": (weights, "weights of the images"),
+        "REPROJ": (reproject_name[:60], "reprojection"),
+    }
+    if target is not None:
+        record["PSFMTPSF"] = (target, "target PSF of the matched images")
+    return record

@@ -1,0 +1,101 @@
+"""The result of a PSF match: `MatchResult`."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._engine.basis import KernelBasis
+from .._engine.grid import CellGrid
+from ..config import MatchConfig
+
+# the public names of this module, re-exported by astropsfmatch/__init__.py
+__all__ = ["MatchResult"]
+
+
+@dataclass
+class MatchResult:
+    """Everything a PSF match produced.
+
+    Attributes
+    ----------
+    matched : `~astropy.nddata.CCDData`
+        The PSF-matched image: same shape, unit and WCS as the input;
+        uncertainty of the input's kind (variance propagated through the
+        kernel, so the noise is now correlated between neighbouring pixels);
+        mask grown by the kernel footprint; masked and edge pixels NaN;
+        ``psf`` the target stamp; the operation recorded in ``meta``.
+    kernel : SpatialKernel
+        The spatially varying matching kernel.
+    candidates : list of Candidate
+        One per cell: position, source and target stamps, per-candidate fit,
+        and the residual of the spatial kernel there.
+    metadata : dict
+        Basis, spatial solution and condition number, kernel sum, candidate
+        counts, residual statistics and timings of each stage.
+    weights : ndarray or None
+        Inverse-variance weights (0 where masked), for
+        ``reproject_and_coadd(..., input_weights=...)``; None without an
+        input uncertainty.
+    target_psf : ndarray
+        The unit-flux target PSF stamp at the image centre.
+    config : MatchConfig
+        The configuration that was run: the matcher's, with any option the
+        match had to change (e.g. a ``spatial_order`` lowered for a small
+        grid) as it was used.
+    grid : CellGrid
+        The cell grid of the candidates.
+    basis : KernelBasis
+        The basis of the kernel, with a label per function.
+    """
+
+    matched: object
+    kernel: object
+    candidates: list
+    metadata: dict
+    weights: np.ndarray = None
+    target_psf: np.ndarray = None
+    config: MatchConfig = None
+    grid: CellGrid = None
+    basis: KernelBasis = None
+
+    def __repr__(self):
+        shape = self.matched.shape
+        return (f"<MatchResult shape={shape} candidates={len(self.candidates)} "
+                f"kernel_size={self.kernel.kernel_size} "
+                f"condition_number={self.metadata['spatial']['condition_number']:.3g}>")
+
+    def plot_candidates(self, **kwargs):
+        """Figure of the candidates: see `astropsfmatch.diagnostics.plot_candidates`."""
+        from ..diagnostics import plot_candidates
+
+        return plot_candidates(self, **kwargs)
+
+    def plot_basis(self, **kwargs):
+        """Figure of the kernel basis: see `astropsfmatch.diagnostics.plot_basis`."""
+        from ..diagnostics import plot_basis
+
+        return plot_basis(self, **kwargs)
+
+    def plot_kernel_mosaic(self, **kwargs):
+        """Kernel mosaic figure: see `astropsfmatch.diagnostics.plot_kernel_mosaic`."""
+        from ..diagnostics import plot_kernel_mosaic
+
+        return plot_kernel_mosaic(self, **kwargs)
+
+    def plot_spatial_coefficients(self, **kwargs):
+        """Coefficient maps: see `astropsfmatch.diagnostics.plot_spatial_coefficients`."""
+        from ..diagnostics import plot_spatial_coefficients
+
+        return plot_spatial_coefficients(self, **kwargs)
+
+    def plot_cells(self, image=None, **kwargs):
+        """The cells over an image: see `astropsfmatch.diagnostics.plot_cells`."""
+        from ..diagnostics import plot_cells
+
+        return plot_cells(self, image, **kwargs)
+
+    def save_diagnostics(self, directory, image=None, **kwargs):
+        """Write all diagnostic PNGs: see `astropsfmatch.diagnostics.save_diagnostics`."""
+        from ..diagnostics import save_diagnostics
+
+        return save_diagnostics(self, directory, image, **kwargs)
