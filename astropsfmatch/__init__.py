@@ -43,7 +43,7 @@ from ._logging import log  # noqa: F401 - the package logger, astropy.astropsfma
 from ._workflow.coadd import coadd
 from ._workflow.many import ManyResult, match_many
 from ._workflow.matcher import ModelPsfMatcher, match_psf
-from ._workflow.result import MatchResult
+from ._workflow.result import MatchQualityWarning, MatchResult
 from ._workflow.target import CommonTarget, common_target_psf
 from .config import MatchConfig
 
@@ -57,6 +57,7 @@ __all__ = [
     "KernelSolutionError",
     "ManyResult",
     "MatchConfig",
+    "MatchQualityWarning",
     "MatchResult",
     "ModelPsfMatcher",
     "SpatialKernel",

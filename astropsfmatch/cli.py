@@ -6,9 +6,10 @@
     astropsfmatch demo --output astropsfmatch-demo
 
 Errors end with one line on stderr, ``astropsfmatch: error: ...``, and exit
-code 2 for bad command-line arguments or 1 for everything else (missing or
-unreadable files, an existing output without ``--overwrite``, a failed
-match); no output file is written then. ``--debug`` shows the traceback.
+code 2 for bad command-line arguments, 3 for a match that does not reach its
+target (held-out residual above ``--max-residual``), or 1 for everything else
+(missing or unreadable files, an existing output without ``--overwrite``, a
+failed match); no output file is written then. ``--debug`` shows the traceback.
 `main` returns the exit code instead of exiting, so it can be called from
 Python and tests.
 """
@@ -411,13 +412,25 @@ def _build_parser():
                        help=("unit of SCIENCE when its header has no BUNIT (default: BUNIT, "
                              "else adu); overrides BUNIT when given"))
     solve = match.add_argument_group("kernel options (MatchConfig fields)")
+    solve.add_argument("--kernel-basis", choices=("auto", "alard-lupton", "delta-function"),
+                       help=("kernel basis (default auto: chosen from the two PSFs; "
+                             "alard-lupton is the reference pipeline's)"))
     solve.add_argument("--kernel-size", type=_positive_odd, metavar="N",
-                       help=f"kernel side in pixels, odd (default {defaults.kernel_size})")
+                       help="kernel side in pixels, odd (default: from the PSF widths)")
+    solve.add_argument("--spatial-model", choices=("auto", "bilinear", "chebyshev1",
+                                                   "polynomial"),
+                       help=("how the kernel varies (default auto: bilinear between nodes on "
+                             "the PSF model's node lines; chebyshev1 is the reference's)"))
     solve.add_argument("--spatial-order", type=_non_negative_int, metavar="N",
-                       help=("polynomial order of the kernel variation (default "
+                       help=("order of the polynomial spatial models (default "
                              f"{defaults.spatial_order})"))
     solve.add_argument("--cell-size", type=_cell_size, metavar="N|NY,NX",
-                       help=f"cell size in pixels, each >= 32 (default {cell})")
+                       help=(f"cell size of the polynomial spatial models in pixels, each >= 32 "
+                             f"(default {cell})"))
+    solve.add_argument("--max-residual", type=_positive_float, metavar="X",
+                       help=("largest accepted held-out residual, a fraction of the target peak "
+                             f"(default {defaults.max_residual:g}); above it nothing is written "
+                             "and the exit status is 3"))
     solve.add_argument("--kernel-sum", type=_positive_float, default=1.0, metavar="X",
                        help="sum of the kernel (default 1; the convolution is normalized by it)")
     solve.add_argument("--config", type=Path, metavar="FILE",
@@ -491,8 +504,9 @@ def _match_config(args, parser):
     from .config import MatchConfig
 
     config = _read_config(args.config) if args.config is not None else MatchConfig()
-    changes = {name: getattr(args, name) for name in ("kernel_size", "spatial_order", "cell_size")
-               if getattr(args, name) is not None}
+    names = ("kernel_basis", "kernel_size", "spatial_model", "spatial_order", "cell_size",
+             "max_residual")
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     try:
         return config.replace(**changes)
     except (TypeError, ValueError) as exc:
@@ -526,6 +540,8 @@ def _read_science(path, unit):
 def _run_match(args, parser):
     from ._engine.solve import KernelSolutionError
     from ._workflow.matcher import ModelPsfMatcher
+    from ._workflow.provenance import quality_summary
+    from ._workflow.result import MatchQualityWarning
 
     start = time.perf_counter()
     config = _match_config(args, parser)
@@ -558,10 +574,19 @@ def _run_match(args, parser):
              f"{_describe_psf(source)} to {_describe_psf(target)}")
 
     try:
-        result = ModelPsfMatcher(config).match(ccd, target, source_psf=source,
-                                               kernel_sum=args.kernel_sum)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MatchQualityWarning)
+            result = ModelPsfMatcher(config).match(ccd, target, source_psf=source,
+                                                   kernel_sum=args.kernel_sum)
     except (ValueError, TypeError, KernelSolutionError) as exc:
         raise CommandError(f"cannot match {args.science}: {_one_line(exc)}") from exc
+    poor = [w for w in caught if issubclass(w.category, MatchQualityWarning)]
+    for other in caught:
+        if other not in poor:
+            warnings.showwarning(other.message, other.category, other.filename, other.lineno)
+    if poor:
+        raise CommandError(f"{args.science}: {_one_line(poor[0].message)}; nothing was "
+                           "written (raise --max-residual to accept it)", status=3)
 
     staging = _Staging(args.output.parent)
     try:
@@ -581,15 +606,24 @@ def _run_match(args, parser):
     finally:
         staging.cleanup()
 
-    meta = result.metadata
-    print(f"{args.science} -> {args.output}: kernel {result.kernel.kernel_size}x"
-          f"{result.kernel.kernel_size} ({meta['basis']['n_basis']} basis functions, spatial "
-          f"order {meta['spatial']['order']}), {meta['candidates']['used']} of "
-          f"{meta['candidates']['total']} cells used, condition number "
-          f"{meta['spatial']['condition_number']:.3g}, max residual "
-          f"{100 * meta['spatial_residuals']['max']:.3g}% of peak, "
+    print(f"{args.science} -> {args.output}: {_kernel_summary(result)}; "
+          f"{quality_summary(result.metadata['quality'])}; "
           f"{time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _kernel_summary(result):
+    """The kernel in a few words: basis, size, spatial model and where it was solved."""
+    meta = result.metadata
+    spatial = meta["spatial"]
+    if spatial["model"] == "bilinear":
+        ny, nx = spatial["nodes"]
+        where = f"bilinear between {ny}x{nx} node(s)"
+    else:
+        where = (f"{spatial['model']} order {spatial['order']}, "
+                 f"{meta['candidates']['used']} of {meta['candidates']['total']} cells used")
+    return (f"kernel {result.kernel.kernel_size}x{result.kernel.kernel_size} "
+            f"({meta['basis']['n_basis']} {meta['basis']['kind']} basis functions, {where})")
 
 
 # --------------------------------------------------------------------------- demo
@@ -731,7 +765,8 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 on a runtime error, 2 on a command-line error.
+        0 on success, 1 on a runtime error, 2 on a command-line error, 3 when the
+        match does not reach its target.
     """
     parser = _build_parser()
     args = None

@@ -1,8 +1,11 @@
 """Configuration of the PSF matching: `MatchConfig`, a validated dataclass."""
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from astropy.utils.exceptions import AstropyDeprecationWarning
 
 from ._validate import (
     check_bool,
@@ -38,8 +41,14 @@ def _option(default, check):
     return field(default=default, metadata={"check": check})
 
 
+#: The kernel bases a match can use (``_engine/basis.py`` builds each of them).
+KERNEL_BASES = ("alard-lupton", "delta-function")
+
+#: The spatial models of the kernel (``_engine/spatial.py`` holds their functions).
+SPATIAL_MODELS = ("bilinear", "chebyshev1", "polynomial")
+
 # Reference default of max_condition_number per kernel basis (used when it is None).
-_DEFAULT_MAX_CONDITION_NUMBER = {"alard-lupton": 5e7, "delta-function": 5e6}
+_DEFAULT_MAX_CONDITION_NUMBER = {"auto": 5e7, "alard-lupton": 5e7, "delta-function": 5e6}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,22 +64,34 @@ class MatchConfig:
 
     Parameters
     ----------
-    kernel_basis : {'alard-lupton', 'delta-function'}, optional
-        Kernel basis. Default ``'alard-lupton'``: Gaussians times polynomials
-        (Alard & Lupton 1998). ``'delta-function'``: one basis image per kernel
-        pixel, which needs regularization (``use_regularization``).
-    kernel_size : int, optional
-        Side of the square kernel in pixels, odd and >= 3. Default 21.
-        Ignored when ``scale_by_fwhm`` is True.
+    kernel_basis : {'auto', 'alard-lupton', 'delta-function'}, optional
+        Kernel basis. Default ``'auto'``: chosen from the two PSFs (see
+        :ref:`the algorithm page <defaults>`): the delta-function basis with a
+        ridge (noise) regularization for a constant PSF when it reaches the
+        target closer than the FWHM-scaled Alard-Lupton basis, which is used
+        otherwise and for spatially varying PSFs. ``'alard-lupton'``:
+        Gaussians times polynomials (Alard & Lupton 1998), with the reference
+        meaning of every ``alard_*`` option and of ``scale_by_fwhm``.
+        ``'delta-function'``: one basis image per kernel pixel, which needs
+        regularization (``use_regularization``). The result's ``config``
+        holds the basis that was chosen.
+    kernel_size : int or None, optional
+        Side of the square kernel in pixels, odd and >= 3, or None (default)
+        to derive it from the PSF widths. Ignored when ``scale_by_fwhm`` is
+        True with the Alard-Lupton basis (the reference rule sets it).
     scale_by_fwhm : bool, optional
         Derive the Alard-Lupton sigmas and the kernel size from the source and
         target PSF widths. Default False (model matching uses the fixed basis).
     kernel_size_fwhm_scaling : float, optional
         With ``scale_by_fwhm``, the kernel size is this factor (> 0) times the
         largest basis sigma. Default 6.0.
-    kernel_size_min, kernel_size_max : int, optional
-        Clamp of the FWHM-scaled kernel size; odd integers >= 3 with
-        ``kernel_size_min <= kernel_size_max``. Defaults 21 and 35.
+    kernel_size_min : int, optional
+        Smallest FWHM-scaled kernel size, odd >= 3. Default 21.
+    kernel_size_max : int or None, optional
+        Largest FWHM-scaled kernel size, odd >= ``kernel_size_min``, or None
+        (default) to let it follow the widths. The reference's 35 cannot
+        hold the kernel of a large FWHM jump (3 -> 15 pixels needs 75 pixels:
+        8e-3 of the peak with 35, 4e-7 with a size that follows the widths).
     alard_sigmas : sequence of float, optional
         Widths (pixels, > 0) of the Alard-Lupton Gaussians. Default
         ``(0.7, 1.5, 3.0)``.
@@ -83,22 +104,40 @@ class MatchConfig:
     alard_min_sigma_deconv : float, optional
         With ``scale_by_fwhm``, smallest sigma (> 0) when the target is
         narrower than the source (deconvolution). Default 0.4.
-    alard_degree_deconv : int, optional
-        Polynomial degree (>= 0) of the deconvolution Gaussians. Default 3.
+    alard_degree_deconv : int or None, optional
+        Deprecated and unused, as in the reference pipeline since 2025: the
+        deconvolution basis uses ``alard_degrees`` like the convolution one.
+        Default None; another value warns (`AstropyDeprecationWarning`).
     alard_gauss_beta : float, optional
         Ratio (> 1) between successive sigmas of the FWHM-scaled basis.
         Default 2.0.
-    spatial_model : {'chebyshev1', 'polynomial'}, optional
-        Functions of the spatial variation of the kernel coefficients:
-        Chebyshev polynomials of the first kind or ordinary monomials in
-        coordinates normalized to [-1, 1]. Default ``'chebyshev1'``.
+    spatial_model : {'auto', 'bilinear', 'chebyshev1', 'polynomial'}, optional
+        How the kernel varies over the image. ``'bilinear'``: kernels solved
+        at nodes, interpolated bilinearly between them; for a
+        `~photutils.psf.GriddedPSFModel` the nodes lie on the model's own node
+        lines, subdivided (``node_subdivision``) until the residual at
+        held-out positions stops improving; a constant PSF has one node.
+        ``'chebyshev1'`` or ``'polynomial'``: the reference's global
+        polynomial in coordinates normalized to [-1, 1] (Chebyshev of the
+        first kind or monomials) of total order ``spatial_order``, fitted to
+        one candidate per cell. Default ``'auto'``: ``'bilinear'``.
     spatial_order : int, optional
-        Total order (>= 0) of the spatial variation; order 2 gives 6 terms.
-        Default 2.
+        Total order (>= 0) of the polynomial spatial models; order 2 gives 6
+        terms. Default 2.
+    node_subdivision : int or None, optional
+        With ``'bilinear'``: intervals (>= 1) each interval between the PSF
+        model's node lines is split into; None (default) doubles it from 1
+        until the held-out residual improves by less than 25% (or is
+        predicted to: a halving gained less than 2x), falls below
+        ``max_residual / 100``, or the node spacing would fall below
+        ``node_spacing_min``.
+    node_spacing_min : float or None, optional
+        Smallest node spacing (pixels, > 0) of the automatic subdivision;
+        None (default): half the kernel size, at least 16 pixels.
     cell_size : int or (int, int), optional
-        Cell size ``(ny, nx)`` in pixels like an array shape, each >= 32; an
-        integer means a square cell. One kernel candidate per cell. Default
-        ``(128, 128)``.
+        Cell size ``(ny, nx)`` of the polynomial spatial models in pixels like
+        an array shape, each >= 32; an integer means a square cell. One kernel
+        candidate per cell. Default ``(128, 128)``.
     grow_cells : int, optional
         Cells (>= 0) added on every side of the image before the grid is
         laid. Default 0. The reference pipeline grows by one cell, which
@@ -119,28 +158,41 @@ class MatchConfig:
     psf_size : int or None, optional
         Stamp size (odd, >= 3) at which analytic PSF models are realized;
         None lets the model decide. Default None.
+    stamp_size : int or None, optional
+        Side (odd, >= 3) of the PSF stamps the kernel is fitted on. None
+        (default): with the ``'auto'`` basis at least ``3 * kernel_size - 2``
+        pixels, so that the fit constrains a region twice the kernel's side
+        (the reference's ``auto_pad_psf_to=1.4`` leaves an 11 x 11 region for
+        a 21-pixel kernel); with an explicit basis the reference's padding
+        options (``auto_pad_psf``, ``auto_pad_psf_to``, ``pad_psf_by``).
     use_pca_for_spatial_kernel : bool, optional
         Fit the spatial kernel on principal components of the per-candidate
         kernels. Default False.
     num_principal_components : int, optional
-        Number (>= 1) of principal components kept. Default 5.
+        Number (>= 1) of basis kernels kept from the principal component
+        analysis, the mean kernel included when ``subtract_mean_for_pca``
+        (as in the reference: 5 means the mean and 4 components). Default 5.
     subtract_mean_for_pca : bool, optional
         Subtract the mean kernel before the principal component analysis.
         Default True.
     use_regularization : bool, optional
         Regularize the fit; used by the delta-function basis only. Default True.
-    regularization_type : {'central-difference', 'forward-difference'}, optional
-        Regularization operator. Default ``'central-difference'``.
+    regularization_type : {'central-difference', 'forward-difference', 'ridge'}, optional
+        Regularization operator. Default ``'central-difference'``. ``'ridge'``
+        penalizes the sum of the squared kernel pixels, i.e. the noise the
+        kernel adds (what the ``'auto'`` basis uses).
     central_regularization_stencil : {5, 9}, optional
         Points of the central-difference Laplacian stencil. Default 9.
     forward_regularization_orders : sequence of int, optional
-        Non-empty set of forward-difference orders from {0, 1, 2}, stored
-        sorted. Default ``(1, 2)``.
+        Non-empty set of forward-difference orders from {1, 2, 3} (the
+        reference's), stored sorted. Default ``(1, 2)``.
     regularization_border_penalty : float, optional
         Extra penalty (>= 0) on kernel pixels at the border. Default 3.0.
-    lambda_type : {'absolute', 'relative'}, optional
+    lambda_type : {'absolute', 'relative', 'adaptive'}, optional
         ``'absolute'``: the regularization strength is ``lambda_value``;
-        ``'relative'``: ``lambda_scaling * tr(M) / tr(H)``. Default
+        ``'relative'``: ``lambda_scaling * tr(M) / tr(H)``; ``'adaptive'``:
+        the largest relative strength from 1e-10 to 1e-5 whose residual is
+        within 25% of the smallest (least noise for the same match). Default
         ``'relative'``: PSF stamps have unit flux, so a fixed strength (the
         reference default is absolute 0.2, tuned for image pixels) would
         dominate the fit; the relative one scales with the data.
@@ -165,6 +217,15 @@ class MatchConfig:
     constant_variance_weighting : bool, optional
         Weight all stamp pixels equally in the fit (PSF stamps carry no
         variance). Default True.
+    max_residual : float, optional
+        Largest accepted residual ``|source ⊛ K - target|`` at held-out
+        positions, as a fraction (> 0) of the target peak. A match above it
+        emits `~astropsfmatch.MatchQualityWarning` (the command line exits
+        with status 3 and writes nothing). Default 1e-2.
+    heldout_positions : int, optional
+        At most this many (>= 1) held-out positions, where the kernel was not
+        fitted, at which the quality is measured (at least 4 per fitted
+        position are used up to this cap). Default 1024.
 
     Raises
     ------
@@ -176,6 +237,8 @@ class MatchConfig:
     Examples
     --------
     >>> from astropsfmatch import MatchConfig
+    >>> MatchConfig().kernel_basis, MatchConfig().kernel_size, MatchConfig().spatial_model
+    ('auto', None, 'auto')
     >>> config = MatchConfig(kernel_size=25, cell_size=200)
     >>> config.kernel_size, config.cell_size
     (25, (200, 200))
@@ -190,40 +253,43 @@ class MatchConfig:
     >>> MatchConfig(kernel_size=20)
     Traceback (most recent call last):
         ...
-    ValueError: kernel_size must be an odd integer >= 3, got 20
+    ValueError: kernel_size must be None or an odd integer >= 3, got 20
     """
 
-    kernel_basis: str = _option("alard-lupton", choice("alard-lupton", "delta-function"))
-    kernel_size: int = _option(21, integer(3, odd=True))
+    kernel_basis: str = _option("auto", choice("auto", *KERNEL_BASES))
+    kernel_size: int | None = _option(None, optional(integer(3, odd=True)))
     scale_by_fwhm: bool = _option(False, check_bool)
     kernel_size_fwhm_scaling: float = _option(6.0, real(gt=0))
     kernel_size_min: int = _option(21, integer(3, odd=True))
-    kernel_size_max: int = _option(35, integer(3, odd=True))
+    kernel_size_max: int | None = _option(None, optional(integer(3, odd=True)))
     alard_sigmas: tuple[float, ...] = _option((0.7, 1.5, 3.0), real_tuple(gt=0))
     alard_degrees: tuple[int, ...] = _option((4, 2, 2), integer_tuple(0))
     alard_min_sigma: float = _option(0.7, real(gt=0))
     alard_min_sigma_deconv: float = _option(0.4, real(gt=0))
-    alard_degree_deconv: int = _option(3, integer(0))
+    alard_degree_deconv: int | None = _option(None, optional(integer(0)))
     alard_gauss_beta: float = _option(2.0, real(gt=1))
-    spatial_model: str = _option("chebyshev1", choice("chebyshev1", "polynomial"))
+    spatial_model: str = _option("auto", choice("auto", *SPATIAL_MODELS))
     spatial_order: int = _option(2, integer(0))
+    node_subdivision: int | None = _option(None, optional(integer(1)))
+    node_spacing_min: float | None = _option(None, optional(real(gt=0)))
     cell_size: tuple[int, int] = _option((128, 128), _cell_size)
     grow_cells: int = _option(0, integer(0))
     auto_pad_psf: bool = _option(True, check_bool)
     auto_pad_psf_to: float = _option(1.4, real(ge=1, le=2))
     pad_psf_by: int = _option(0, integer(0, even=True))
     psf_size: int | None = _option(None, optional(integer(3, odd=True)))
+    stamp_size: int | None = _option(None, optional(integer(3, odd=True)))
     use_pca_for_spatial_kernel: bool = _option(False, check_bool)
     num_principal_components: int = _option(5, integer(1))
     subtract_mean_for_pca: bool = _option(True, check_bool)
     use_regularization: bool = _option(True, check_bool)
     regularization_type: str = _option(
-        "central-difference", choice("central-difference", "forward-difference")
+        "central-difference", choice("central-difference", "forward-difference", "ridge")
     )
     central_regularization_stencil: int = _option(9, choice(5, 9))
-    forward_regularization_orders: tuple[int, ...] = _option((1, 2), subset(0, 1, 2))
+    forward_regularization_orders: tuple[int, ...] = _option((1, 2), subset(1, 2, 3))
     regularization_border_penalty: float = _option(3.0, real(ge=0))
-    lambda_type: str = _option("relative", choice("absolute", "relative"))
+    lambda_type: str = _option("relative", choice("absolute", "relative", "adaptive"))
     lambda_value: float = _option(0.2, real(ge=0))
     lambda_scaling: float = _option(1e-4, real(gt=0))
     check_condition_number: bool = _option(False, check_bool)
@@ -231,6 +297,8 @@ class MatchConfig:
     condition_number_type: str = _option("eigenvalue", choice("eigenvalue", "svd"))
     max_spatial_condition_number: float = _option(1e10, real(gt=0))
     constant_variance_weighting: bool = _option(True, check_bool)
+    max_residual: float = _option(1e-2, real(gt=0))
+    heldout_positions: int = _option(1024, integer(1))
 
     def __post_init__(self):
         # The one place where options are validated and normalized.
@@ -245,7 +313,11 @@ class MatchConfig:
                 f"alard_degrees={self.alard_degrees!r} ({len(self.alard_degrees)} values)"
             )
             raise ValueError(msg)
-        if self.kernel_size_min > self.kernel_size_max:
+        if self.alard_degree_deconv is not None:
+            warnings.warn("alard_degree_deconv is deprecated and has no effect: the "
+                          "deconvolution basis uses alard_degrees, as in the reference "
+                          "pipeline", AstropyDeprecationWarning, stacklevel=3)
+        if self.kernel_size_max is not None and self.kernel_size_min > self.kernel_size_max:
             msg = (
                 "kernel_size_min must be <= kernel_size_max, got "
                 f"kernel_size_min={self.kernel_size_min} and "
@@ -278,7 +350,7 @@ class MatchConfig:
         >>> from astropsfmatch import MatchConfig
         >>> options = MatchConfig().to_dict()
         >>> options["kernel_size"], options["cell_size"]
-        (21, [128, 128])
+        (None, [128, 128])
         """
         return {
             option.name: _to_plain(getattr(self, option.name))

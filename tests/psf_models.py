@@ -30,3 +30,19 @@ def varying_gaussian_grid(shape, sigma_range=(1.6, 2.4), n_grid=3, size=25):
             positions.append((x, y))
     nddata = NDData(np.array(data), meta={"grid_xypos": positions, "oversampling": 1})
     return GriddedPSFModel(nddata)
+
+
+#: The reference pipeline's model (Alard-Lupton basis of 21 pixels, one candidate per cell,
+#: a Chebyshev polynomial of the position): what the tests of that machinery use, since the
+#: defaults choose the basis, the kernel size and a bilinear node model from the PSFs.
+REFERENCE = {"kernel_basis": "alard-lupton", "kernel_size": 21, "spatial_model": "chebyshev1"}
+
+
+def _reference_config():
+    from astropsfmatch import MatchConfig
+
+    return MatchConfig(**REFERENCE)
+
+
+#: ... as a configuration: ``ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64)``.
+REFERENCE_CONFIG = _reference_config()

@@ -147,9 +147,20 @@ class TestEffectiveConfig:
     def test_result_config_is_what_was_run(self):
         with pytest.warns(AstropyUserWarning, match="using spatial_order 1"):
             result = match_psf(np.zeros((128, 128)), CircularGaussianPRF(fwhm=5.0),
-                               source_psf=CircularGaussianPRF(fwhm=3.0), cell_size=64)
+                               source_psf=CircularGaussianPRF(fwhm=3.0), cell_size=64,
+                               spatial_model="chebyshev1")
         assert result.config.spatial_order == result.kernel.spatial_order == 1
         assert result.config.cell_size == (64, 64)
+        # the basis and size the 'auto' defaults chose are the ones reported
+        assert result.config.kernel_basis == result.metadata["basis"]["kind"]
+        assert result.config.kernel_size == result.kernel.kernel_size
+
+    def test_rerunning_the_reported_config_gives_the_same_kernel(self):
+        source, target = CircularGaussianPRF(fwhm=3.0), CircularGaussianPRF(fwhm=5.0)
+        first = match_psf(np.zeros((128, 128)), target, source_psf=source)
+        again = match_psf(np.zeros((128, 128)), target, source_psf=source, config=first.config)
+        np.testing.assert_allclose(again.kernel.evaluate(64, 64), first.kernel.evaluate(64, 64),
+                                   rtol=1e-10, atol=1e-14)
 
 
 class TestThreads:

@@ -74,20 +74,42 @@ class TestDeltaFunctionBasis:
 
 
 class TestFwhmScaling:
+    """The reference's current rules (lsst/ip_diffim makeKernelBasisList, 2026)."""
+
     def test_convolution_mode(self):
-        p = alard_lupton_sigmas(4.0, 8.0)
+        p = alard_lupton_sigmas(4.0, 8.0, kernel_size_max=35)
         sigma_k = np.sqrt(8.0**2 - 4.0**2) / 2.3548200450309493
         assert p.mode == "convolution"
         np.testing.assert_allclose(p.sigmas, [sigma_k / 2, sigma_k, 2 * sigma_k])
+        np.testing.assert_allclose(p.sigmas, [1.471069, 2.942137, 5.884274], atol=1e-6)
         assert p.degrees == (4, 2, 2)
         assert p.kernel_size == 35  # int(6 * 5.88) = 35, clamped to max
+
+    def test_kernel_size_follows_the_widths_by_default(self):
+        # the reference's 35 cannot hold the kernel of a large FWHM jump
+        assert alard_lupton_sigmas(4.0, 8.0).kernel_size == 35
+        p = alard_lupton_sigmas(3.0, 15.0)
+        assert p.kernel_size == 75 and p.kernel_size > 35
 
     def test_kernel_size_rule(self):
         p = alard_lupton_sigmas(4.0, 5.0)
         expected = int(6.0 * p.sigmas[-1])
         expected += 0 if expected % 2 else 1
-        assert p.kernel_size == min(35, max(21, expected))
+        assert p.kernel_size == max(21, expected)
         assert p.kernel_size % 2 == 1
+
+    def test_first_width_is_floored_not_dropped(self):
+        # 3.0 -> 4.0: sigma_k = 1.1235; the rule before 2026 gave [1.12, 2.25, 4.49] and 27
+        p = alard_lupton_sigmas(3.0, 4.0)
+        np.testing.assert_allclose(p.sigmas, [0.7, 1.4, 2.8])
+        assert p.kernel_size == 21
+
+    def test_widths_are_continuous_in_the_fwhm(self):
+        below = alard_lupton_sigmas(3.0, np.sqrt(9.0 + (2 * 1.4 * 2.3548200450309493) ** 2)
+                                    - 1e-6)
+        above = alard_lupton_sigmas(3.0, np.sqrt(9.0 + (2 * 1.4 * 2.3548200450309493) ** 2)
+                                    + 1e-6)
+        np.testing.assert_allclose(below.sigmas, above.sigmas, rtol=1e-5)
 
     def test_floor_drops_the_narrow_width(self):
         # sigma_k below 2 * min_sigma: widths start at sigma_k (floored)
@@ -97,15 +119,18 @@ class TestFwhmScaling:
         assert p.kernel_size == 21
 
     def test_deconvolution_mode(self):
-        p = alard_lupton_sigmas(6.0, 4.0, degree_deconv=3)
+        # since 2025 the reference uses the configured degrees and the floor 0.4
+        p = alard_lupton_sigmas(4.0, 3.0)
         assert p.mode == "deconvolution"
-        assert p.degrees == (3, 3, 3)
-        assert min(p.sigmas) >= 0.4
+        assert p.degrees == (4, 2, 2)
+        np.testing.assert_allclose(p.sigmas, [0.561774, 1.123547, 2.247094], atol=1e-6)
+        assert p.kernel_size == 21
 
     def test_config_mode(self):
-        p = alard_lupton_sigmas(4.0, 4.0, kernel_size=19)
+        # equal widths keep the configured sigmas; the size is recomputed from them
+        p = alard_lupton_sigmas(3.0, 3.0)
         assert p.mode == "config"
-        assert p.sigmas == (0.7, 1.5, 3.0) and p.kernel_size == 19
+        assert p.sigmas == (0.7, 1.5, 3.0) and p.kernel_size == 21
 
     def test_single_gaussian(self):
         p = alard_lupton_sigmas(3.0, 6.0, sigmas=(1.0,), degrees=(2,))
@@ -117,7 +142,8 @@ class TestFwhmScaling:
         [({"source_fwhm": -1.0}, "source_fwhm must be finite and > 0"),
          ({"target_fwhm": np.nan}, "target_fwhm must be finite and > 0"),
          ({"gauss_beta": 1.0}, "gauss_beta must be > 1"),
-         ({"kernel_size_min": 41}, "kernel_size_min must be <= kernel_size_max")])
+         ({"kernel_size_min": 41, "kernel_size_max": 35},
+          "kernel_size_min must be <= kernel_size_max")])
     def test_errors(self, kwargs, match):
         args = {"source_fwhm": 3.0, "target_fwhm": 5.0, **kwargs}
         with pytest.raises(ValueError, match=match):

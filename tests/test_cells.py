@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from psf_models import gaussian_stamp
+from psf_models import REFERENCE_CONFIG, gaussian_stamp
 
-from astropsfmatch import MatchConfig, ModelPsfMatcher
+from astropsfmatch import ModelPsfMatcher
 from astropsfmatch._engine.grid import CellGrid, next_odd, psf_stamp_size, resize_stamp
 
 
@@ -42,7 +42,7 @@ class TestCellGrid:
 
     def test_matcher_rejects_small_image(self):
         with pytest.raises(ValueError, match="smaller than one cell"):
-            ModelPsfMatcher().match(np.zeros((64, 64)), gaussian_stamp(11, 3.0),
+            ModelPsfMatcher(REFERENCE_CONFIG).match(np.zeros((64, 64)), gaussian_stamp(11, 3.0),
                                     source_psf=gaussian_stamp(11, 2.0))
 
 
@@ -64,7 +64,7 @@ class TestPadding:
         with pytest.raises(ValueError, match="pad_psf_by must be even"):
             psf_stamp_size(11, 9, auto_pad_psf=False, pad_psf_by=pad)
         with pytest.raises(ValueError, match="pad_psf_by"):
-            MatchConfig(auto_pad_psf=False, pad_psf_by=pad)
+            REFERENCE_CONFIG.replace(auto_pad_psf=False, pad_psf_by=pad)
 
     def test_kernel_too_large_names_the_remedies(self):
         with pytest.raises(ValueError, match=r"kernel_size 11 is too large .* smaller kernel_size.*"
@@ -74,14 +74,15 @@ class TestPadding:
     @pytest.mark.parametrize(("auto", "pad", "size"),
                              [(True, 0, 13), (False, 0, 11), (False, 2, 13), (False, 4, 15)])
     def test_through_the_matcher(self, auto, pad, size):
-        config = MatchConfig(kernel_size=9, auto_pad_psf=auto, pad_psf_by=pad, cell_size=64)
+        config = REFERENCE_CONFIG.replace(kernel_size=9, auto_pad_psf=auto, pad_psf_by=pad,
+                                          cell_size=64)
         _, candidates, _, target_stamp, _ = ModelPsfMatcher(config).solve(
             (192, 192), gaussian_stamp(11, 2.0), gaussian_stamp(11, 2.5))
         assert candidates[0].source.shape == (size, size)
         assert target_stamp.shape == (size, size)
 
     def test_kernel_11_without_padding_through_the_matcher(self):
-        config = MatchConfig(kernel_size=11, auto_pad_psf=False, cell_size=64)
+        config = REFERENCE_CONFIG.replace(kernel_size=11, auto_pad_psf=False, cell_size=64)
         with pytest.raises(ValueError, match="kernel_size 11 is too large"):
             ModelPsfMatcher(config).solve((192, 192), gaussian_stamp(11, 2.0),
                                           gaussian_stamp(11, 2.5))
@@ -99,7 +100,7 @@ class TestResize:
 
 class TestCandidates:
     def test_one_candidate_per_cell_with_stamps(self):
-        _, candidates, grid, *_ = ModelPsfMatcher(cell_size=64).solve(
+        _, candidates, grid, *_ = ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64).solve(
             (256, 192), gaussian_stamp(15, 2.0), gaussian_stamp(15, 3.0), kernel_sum=2.0)
         assert len(candidates) == grid.n_candidates == 12
         for cand in candidates:

@@ -99,7 +99,7 @@ class TestMatch:
                                 "-o", output], capsys)
         assert status == 0, err
         assert err == ""
-        assert "science.fits -> " in out and "condition number" in out
+        assert "science.fits -> " in out and "held-out residual max" in out
         matched = CCDData.read(output)
         assert matched.shape == (SIZE, SIZE)
         assert matched.unit == "electron"
@@ -113,7 +113,8 @@ class TestMatch:
         np.testing.assert_allclose(matched.psf.sum(), 1.0)
         header = fits.getheader(output)
         assert header["PSFMATCH"] is True
-        assert header["PSFMKSZ"] == 21
+        assert header["PSFMKSZ"] % 2 == 1  # chosen from the PSF widths
+        assert header["PSFMQOK"] is True and header["PSFMQHMX"] < 1e-2
         assert "fwhm=4.5" in header["PSFMTPSF"]
         # flux is conserved, the star is now broader
         star = matched.data[101:141, 112:150]
@@ -154,7 +155,9 @@ class TestMatch:
 
     def test_options_and_config_files(self, science, tmp_path, capsys):
         toml = tmp_path / "config.toml"
-        toml.write_text('kernel_size = 15\nspatial_order = 1\nalard_sigmas = [0.7, 1.5]\n'
+        toml.write_text('kernel_basis = "alard-lupton"\nspatial_model = "chebyshev1"\n'
+                        'max_residual = 0.05\n'
+                        'kernel_size = 15\nspatial_order = 1\nalard_sigmas = [0.7, 1.5]\n'
                         'alard_degrees = [2, 1]\n')
         output = tmp_path / "a.fits"
         status, _, err = run(["match", science, "-t", "gaussian:sigma=2", "-o", output,
@@ -164,7 +167,9 @@ class TestMatch:
         assert (header["PSFMKSZ"], header["PSFMSPO"], header["PSFMNBAS"]) == (15, 1, 9)
         # the command line wins over the file
         config = tmp_path / "config.json"
-        config.write_text(json.dumps({"kernel_size": 15, "cell_size": [64, 96]}))
+        config.write_text(json.dumps({"kernel_size": 15, "cell_size": [64, 96],
+                                      "kernel_basis": "alard-lupton",
+                                      "spatial_model": "chebyshev1"}))
         output = tmp_path / "b.fits"
         status, _, err = run(["match", science, "-t", "gaussian:fwhm=4.7", "-o", output,
                               "--config", config, "--kernel-size", "13", "--spatial-order", "0",
@@ -188,7 +193,12 @@ class TestMatch:
         assert status == 0, err
         matched = CCDData.read(output)
         assert matched.unit == "adu"  # no BUNIT: adu
-        np.testing.assert_allclose(matched.psf, gaussian_stamp(TARGET_FWHM, 31), atol=1e-12)
+        # the target as the fit realized it: the 31-pixel image, padded to the stamp size
+        size = matched.psf.shape[0]
+        cut = (size - 31) // 2
+        np.testing.assert_allclose(matched.psf[cut:cut + 31, cut:cut + 31],
+                                   gaussian_stamp(TARGET_FWHM, 31), atol=1e-12)
+        assert matched.psf.sum() == pytest.approx(1.0)
         assert fits.getheader(output)["PSFMTPSF"] == "ndarray"
 
     def test_unit_option(self, tmp_path, capsys):
@@ -244,7 +254,8 @@ class TestMatch:
         # 192 pixels in cells of 96: two cells per axis cannot hold spatial order 2
         output = tmp_path / "out.fits"
         status, _, err = run(["match", science, "-t", "gaussian:fwhm=4.5", "-o", output,
-                              "--cell-size", "96", "--kernel-size", "11"], capsys)
+                              "--cell-size", "96", "--kernel-size", "11",
+                              "--spatial-model", "chebyshev1"], capsys)
         assert status == 0
         assert err.startswith("astropsfmatch: warning: spatial_order 2 needs")
         assert err.count("\n") == 1
@@ -304,7 +315,8 @@ class TestMatchErrors:
         (["-t", "gaussian:fwhm=4", "--bogus"], 2, "unrecognized arguments: --bogus"),
         (["-t", "missing_psf.fits"], 1, "--target-psf: missing_psf.fits: no such file"),
         (["-t", "gaussian:fwhm=4", "--config", "nope.toml"], 1, "--config: nope.toml: no such"),
-        (["-t", "gaussian:fwhm=4", "--cell-size", "256"], 1, "smaller than one cell"),
+        (["-t", "gaussian:fwhm=4", "--cell-size", "256", "--spatial-model", "chebyshev1"], 1,
+         "smaller than one cell"),
     ])
     def test_option_errors(self, science, tmp_path, capsys, monkeypatch, options, status,
                            message):
@@ -408,7 +420,7 @@ class TestMatchErrors:
 
     def test_kernel_too_large_for_the_stamps(self, science, tmp_path, capsys):
         config = tmp_path / "c.toml"
-        config.write_text("auto_pad_psf = false\n")
+        config.write_text('auto_pad_psf = false\nkernel_basis = "alard-lupton"\n')
         expect_error(["match", science, "-t", "gaussian:fwhm=4", "-o", tmp_path / "o.fits",
                       "--config", config, "--kernel-size", "41"], capsys, 1,
                      "kernel_size 41 is too large", tmp_path)

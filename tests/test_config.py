@@ -9,26 +9,29 @@ from astropsfmatch import MatchConfig
 
 # The reference defaults (DESIGN section 2), one entry per field.
 DEFAULTS = {
-    "kernel_basis": "alard-lupton",
-    "kernel_size": 21,
+    "kernel_basis": "auto",
+    "kernel_size": None,
     "scale_by_fwhm": False,
     "kernel_size_fwhm_scaling": 6.0,
     "kernel_size_min": 21,
-    "kernel_size_max": 35,
+    "kernel_size_max": None,
     "alard_sigmas": (0.7, 1.5, 3.0),
     "alard_degrees": (4, 2, 2),
     "alard_min_sigma": 0.7,
     "alard_min_sigma_deconv": 0.4,
-    "alard_degree_deconv": 3,
+    "alard_degree_deconv": None,
     "alard_gauss_beta": 2.0,
-    "spatial_model": "chebyshev1",
+    "spatial_model": "auto",
     "spatial_order": 2,
+    "node_subdivision": None,
+    "node_spacing_min": None,
     "cell_size": (128, 128),
     "grow_cells": 0,
     "auto_pad_psf": True,
     "auto_pad_psf_to": 1.4,
     "pad_psf_by": 0,
     "psf_size": None,
+    "stamp_size": None,
     "use_pca_for_spatial_kernel": False,
     "num_principal_components": 5,
     "subtract_mean_for_pca": True,
@@ -45,24 +48,26 @@ DEFAULTS = {
     "condition_number_type": "eigenvalue",
     "max_spatial_condition_number": 1e10,
     "constant_variance_weighting": True,
+    "max_residual": 1e-2,
+    "heldout_positions": 1024,
 }
 
 BOOL_FIELDS = [name for name, value in DEFAULTS.items() if isinstance(value, bool)]
 
 # (field, bad value, what the message must say is allowed)
 BAD_VALUES = [
-    ("kernel_basis", "gaussian", "one of 'alard-lupton', 'delta-function'"),
-    ("kernel_basis", None, "one of 'alard-lupton', 'delta-function'"),
-    ("kernel_size", 20, "an odd integer >= 3"),
-    ("kernel_size", 1, "an odd integer >= 3"),
-    ("kernel_size", -21, "an odd integer >= 3"),
-    ("kernel_size", 21.0, "an odd integer >= 3"),
-    ("kernel_size", "21", "an odd integer >= 3"),
-    ("kernel_size", True, "an odd integer >= 3"),
+    ("kernel_basis", "gaussian", "one of 'auto', 'alard-lupton', 'delta-function'"),
+    ("kernel_basis", None, "one of 'auto', 'alard-lupton', 'delta-function'"),
+    ("kernel_size", 20, "None or an odd integer >= 3"),
+    ("kernel_size", 1, "None or an odd integer >= 3"),
+    ("kernel_size", -21, "None or an odd integer >= 3"),
+    ("kernel_size", 21.0, "None or an odd integer >= 3"),
+    ("kernel_size", "21", "None or an odd integer >= 3"),
+    ("kernel_size", True, "None or an odd integer >= 3"),
     ("kernel_size_fwhm_scaling", 0, "a finite number > 0"),
     ("kernel_size_fwhm_scaling", np.inf, "a finite number > 0"),
     ("kernel_size_min", 20, "an odd integer >= 3"),
-    ("kernel_size_max", 1, "an odd integer >= 3"),
+    ("kernel_size_max", 1, "None or an odd integer >= 3"),
     ("alard_sigmas", (), "a non-empty sequence of finite numbers > 0"),
     ("alard_sigmas", (0.7, -1.5, 3.0), "a non-empty sequence of finite numbers > 0"),
     ("alard_sigmas", (0.7, np.nan, 3.0), "a non-empty sequence of finite numbers > 0"),
@@ -73,10 +78,14 @@ BAD_VALUES = [
     ("alard_degrees", [], "a non-empty sequence of integers >= 0"),
     ("alard_min_sigma", 0.0, "a finite number > 0"),
     ("alard_min_sigma_deconv", -0.4, "a finite number > 0"),
-    ("alard_degree_deconv", -1, "an integer >= 0"),
-    ("alard_degree_deconv", 3.5, "an integer >= 0"),
+    ("alard_degree_deconv", -1, "None or an integer >= 0"),
+    ("alard_degree_deconv", 3.5, "None or an integer >= 0"),
     ("alard_gauss_beta", 1.0, "a finite number > 1"),
-    ("spatial_model", "chebyshev2", "one of 'chebyshev1', 'polynomial'"),
+    ("spatial_model", "chebyshev2", "one of 'auto', 'bilinear', 'chebyshev1', 'polynomial'"),
+    ("node_subdivision", 0, "None or an integer >= 1"),
+    ("node_subdivision", 2.0, "None or an integer >= 1"),
+    ("node_spacing_min", 0.0, "None or a finite number > 0"),
+    ("node_spacing_min", np.inf, "None or a finite number > 0"),
     ("spatial_order", -1, "an integer >= 0"),
     ("spatial_order", 2.0, "an integer >= 0"),
     ("cell_size", 31, "an integer >= 32 or a pair (ny, nx) of integers >= 32"),
@@ -93,16 +102,18 @@ BAD_VALUES = [
     ("pad_psf_by", -2, "an even integer >= 0"),
     ("psf_size", 30, "None or an odd integer >= 3"),
     ("psf_size", 1, "None or an odd integer >= 3"),
+    ("stamp_size", 30, "None or an odd integer >= 3"),
     ("num_principal_components", 0, "an integer >= 1"),
     ("regularization_type", "backward-difference", "one of 'central-difference'"),
     ("central_regularization_stencil", 7, "one of 5, 9"),
     ("central_regularization_stencil", 9.0, "one of 5, 9"),
-    ("forward_regularization_orders", (), "a non-empty set of distinct integers from {0, 1, 2}"),
-    ("forward_regularization_orders", (1, 3), "a non-empty set of distinct integers from"),
+    ("forward_regularization_orders", (), "a non-empty set of distinct integers from {1, 2, 3}"),
+    ("forward_regularization_orders", (0, 1), "a non-empty set of distinct integers from"),
+    ("forward_regularization_orders", (1, 4), "a non-empty set of distinct integers from"),
     ("forward_regularization_orders", (1, 1), "a non-empty set of distinct integers from"),
     ("forward_regularization_orders", 1, "a non-empty set of distinct integers from"),
     ("regularization_border_penalty", -3.0, "a finite number >= 0"),
-    ("lambda_type", "Absolute", "one of 'absolute', 'relative'"),
+    ("lambda_type", "Absolute", "one of 'absolute', 'relative', 'adaptive'"),
     ("lambda_value", -0.2, "a finite number >= 0"),
     ("lambda_value", np.nan, "a finite number >= 0"),
     ("lambda_value", 10**400, "a finite number >= 0"),
@@ -111,6 +122,9 @@ BAD_VALUES = [
     ("max_condition_number", "5e7", "None or a finite number > 0"),
     ("condition_number_type", "norm", "one of 'eigenvalue', 'svd'"),
     ("max_spatial_condition_number", -1e10, "a finite number > 0"),
+    ("max_residual", 0.0, "a finite number > 0"),
+    ("max_residual", np.nan, "a finite number > 0"),
+    ("heldout_positions", 0, "an integer >= 1"),
 ] + [(name, bad, "True or False") for name in BOOL_FIELDS for bad in (1, "yes", None)]
 
 
@@ -145,7 +159,8 @@ class TestValidation:
             MatchConfig().replace(**{name: value})
 
     def test_message_shows_value(self):
-        with pytest.raises(ValueError, match=r"kernel_size must be an odd integer >= 3, got 20$"):
+        with pytest.raises(ValueError,
+                           match=r"kernel_size must be None or an odd integer >= 3, got 20$"):
             MatchConfig(kernel_size=20)
 
     def test_sigma_degree_length_mismatch(self):
@@ -158,7 +173,7 @@ class TestValidation:
         with pytest.raises(
             ValueError, match="kernel_size_min must be <= kernel_size_max, got kernel_size_min=37"
         ):
-            MatchConfig(kernel_size_min=37)
+            MatchConfig(kernel_size_min=37, kernel_size_max=35)
 
     def test_positional_arguments_rejected(self):
         with pytest.raises(TypeError, match="positional"):
@@ -168,6 +183,14 @@ class TestValidation:
         config = MatchConfig()
         with pytest.raises(dataclasses.FrozenInstanceError, match="kernel_size"):
             config.kernel_size = 25
+
+
+class TestDeprecated:
+    def test_alard_degree_deconv_warns(self):
+        from astropy.utils.exceptions import AstropyDeprecationWarning
+
+        with pytest.warns(AstropyDeprecationWarning, match="alard_degree_deconv is deprecated"):
+            MatchConfig(alard_degree_deconv=3)
 
 
 class TestNormalization:
@@ -208,11 +231,11 @@ class TestNormalization:
         assert config.auto_pad_psf_to == 2.0
         assert config.max_condition_number == 10.0
 
-    @pytest.mark.parametrize("orders", [(2, 0), [0, 2], {0, 2}, frozenset({2, 0})])
+    @pytest.mark.parametrize("orders", [(3, 1), [1, 3], {1, 3}, frozenset({3, 1})])
     def test_forward_orders_sorted(self, orders):
         assert MatchConfig(forward_regularization_orders=orders).forward_regularization_orders == (
-            0,
-            2,
+            1,
+            3,
         )
 
     @pytest.mark.parametrize("size", [3, 5, 41])
@@ -229,7 +252,8 @@ class TestRoundTrip:
         {},
         {"kernel_basis": "delta-function", "max_condition_number": 1e6, "psf_size": 41},
         {"cell_size": 64, "alard_sigmas": (1.0,), "alard_degrees": (0,)},
-        {"forward_regularization_orders": (0,), "lambda_type": "absolute", "lambda_scaling": 1e-3},
+        {"forward_regularization_orders": (3,), "lambda_type": "absolute", "lambda_scaling": 1e-3},
+        {"spatial_model": "bilinear", "node_subdivision": 4, "max_residual": 1e-3},
     ]
 
     @pytest.mark.parametrize("options", CONFIGS)
@@ -281,7 +305,7 @@ class TestReplace:
         new = config.replace(kernel_size=25, cell_size=64)
         assert new.kernel_size == 25
         assert new.cell_size == (64, 64)
-        assert config.kernel_size == 21
+        assert config.kernel_size is None
         assert config == MatchConfig()
 
     def test_replace_unknown(self):

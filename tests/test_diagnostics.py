@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from psf_models import REFERENCE_CONFIG
 
 from astropsfmatch import SpatialKernel, diagnostics, make_alard_lupton_basis, match_psf
 from astropsfmatch.demo import make_demo_data
@@ -23,7 +24,8 @@ def demo():
 @pytest.fixture(scope="module")
 def result(demo):
     """A small match: 256 x 256, 4 x 4 cells of 64 pixels, 27 basis functions."""
-    return match_psf(demo.ccd, demo.target_psf, source_psf=demo.psf_model, cell_size=64)
+    return match_psf(demo.ccd, demo.target_psf, source_psf=demo.psf_model,
+                     config=REFERENCE_CONFIG, cell_size=64)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The one on-disk layout of a matched exposure: written by the CLI and match_many, read by coadd."""
+"""The one on-disk layout of a matched exposure: written by the CLI and match_many, read
+by coadd."""
 
 import warnings
 

@@ -18,10 +18,10 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 from naive import naive_spatially_varying_convolution
 from photutils.psf import CircularGaussianPRF, fit_fwhm
-from psf_models import gaussian_stamp, varying_gaussian_grid
+from psf_models import REFERENCE_CONFIG, gaussian_stamp, varying_gaussian_grid
 from scipy.ndimage import binary_dilation
 
-from astropsfmatch import MatchConfig, MatchResult, ModelPsfMatcher, match_psf
+from astropsfmatch import MatchResult, ModelPsfMatcher, match_psf
 
 TARGET_FWHM = 2.3548 * 3.2
 
@@ -56,7 +56,8 @@ def varying_psf():
 @pytest.fixture(scope="module")
 def small_match(varying_psf):
     ccd = make_ccd()
-    result = ModelPsfMatcher(cell_size=64).match(ccd, CircularGaussianPRF(fwhm=TARGET_FWHM),
+    result = ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64).match(ccd,
+                                                                   CircularGaussianPRF(fwhm=TARGET_FWHM),
                                                  source_psf=varying_psf)
     return ccd, result
 
@@ -97,7 +98,7 @@ class TestNanPixel:
         ccd.mask[:] = False
         bad = ccd.copy()
         bad.data[100, 90] = np.nan
-        matcher = ModelPsfMatcher(cell_size=64)
+        matcher = ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64)
         target = CircularGaussianPRF(fwhm=TARGET_FWHM)
         clean = matcher.match(ccd, target, source_psf=varying_psf).matched
         dirty = matcher.match(bad, target, source_psf=varying_psf).matched
@@ -166,7 +167,8 @@ class TestOutput:
         assert out.meta["PSFMKSZ"] == 21 and out.meta["PSFMSPO"] == 2
         np.testing.assert_array_equal(out.psf, result.target_psf)
         assert result.target_psf.sum() == pytest.approx(1.0)
-        assert result.config == MatchConfig(cell_size=64)
+        # the configuration that was run: the matcher's, with the stamp size it used
+        assert result.config == REFERENCE_CONFIG.replace(cell_size=64, stamp_size=31)
 
     def test_metadata(self, small_match):
         meta = small_match[1].metadata
@@ -228,7 +230,7 @@ class TestOutput:
         swapped = ccd.copy()
         swapped.data = ccd.data.astype(">f8")
         out = match_psf(swapped, CircularGaussianPRF(fwhm=TARGET_FWHM), source_psf=varying_psf,
-                        cell_size=64).matched
+                        config=REFERENCE_CONFIG, cell_size=64).matched
         np.testing.assert_allclose(out.data, result.matched.data, rtol=1e-12, equal_nan=True)
 
 
@@ -241,12 +243,12 @@ class TestInputs:
 
     def test_psf_from_the_image(self):
         ccd = CCDData(np.ones((192, 192)), unit="adu", psf=gaussian_stamp(15, 1.5))
-        result = match_psf(ccd, self.target, cell_size=64)
+        result = match_psf(ccd, self.target, config=REFERENCE_CONFIG, cell_size=64)
         assert result.candidates[0].source[15, 15] == pytest.approx(gaussian_stamp(15, 1.5)[7, 7])
 
     def test_nddata_and_quantity(self):
         nd = NDData(np.ones((192, 192)), unit="Jy", psf=gaussian_stamp(15, 1.5))
-        out = match_psf(nd, self.target, cell_size=64).matched
+        out = match_psf(nd, self.target, config=REFERENCE_CONFIG, cell_size=64).matched
         assert out.unit == u.Jy
         out = match_psf(np.ones((192, 192)) * u.mJy, self.target,
                         source_psf=gaussian_stamp(15, 1.5), cell_size=64).matched
@@ -271,7 +273,7 @@ class TestInputs:
         with pytest.raises(TypeError, match="config must be a MatchConfig"):
             ModelPsfMatcher({"kernel_size": 21})
         with pytest.raises(ValueError, match="kernel_size"):
-            ModelPsfMatcher(kernel_size=20)
+            ModelPsfMatcher(REFERENCE_CONFIG, kernel_size=20)
 
 
 class TestDoesNotChangeInput:
@@ -326,20 +328,22 @@ class TestGridAndStamps:
         with pytest.warns(AstropyUserWarning, match=r"spatial_order 2 needs at least 3 cells .* "
                                                     r"using spatial_order 1"):
             result = match_psf(image, CircularGaussianPRF(fwhm=5.0),
-                               source_psf=CircularGaussianPRF(fwhm=3.0), cell_size=64)
+                               source_psf=CircularGaussianPRF(fwhm=3.0), config=REFERENCE_CONFIG,
+                                   cell_size=64)
         assert result.kernel.spatial_order == 1
         assert result.metadata["spatial"]["order"] == 1
         assert result.metadata["spatial"]["requested_order"] == 2
 
     def test_heavy_winged_psf_stamps_are_capped(self):
         from photutils.psf import AiryDiskPSF
-        result = ModelPsfMatcher(cell_size=64).solve(
+        result = ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64).solve(
             (192, 192), AiryDiskPSF(radius=2.0), CircularGaussianPRF(fwhm=8.0))
         assert result[1][0].source.shape == (85, 85)  # 4 * 21 + 1, not 599
 
     def test_reference_grid_growth(self):
         result = match_psf(np.zeros((256, 256)), CircularGaussianPRF(fwhm=5.0),
-                           source_psf=CircularGaussianPRF(fwhm=3.0), cell_size=64,
+                           source_psf=CircularGaussianPRF(fwhm=3.0), config=REFERENCE_CONFIG,
+                               cell_size=64,
                            grow_cells=1)
         assert result.grid.n_cells == (6, 6)
         assert result.metadata["candidates"]["total"] == 36
@@ -348,7 +352,8 @@ class TestGridAndStamps:
 class TestWorkers:
     def test_single_thread_gives_the_same_result(self, small_match, varying_psf):
         ccd, result = small_match
-        one = ModelPsfMatcher(cell_size=64).match(ccd, CircularGaussianPRF(fwhm=TARGET_FWHM),
+        one = ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64).match(ccd,
+                                                                    CircularGaussianPRF(fwhm=TARGET_FWHM),
                                                   source_psf=varying_psf, workers=1)
         np.testing.assert_allclose(one.matched.data, result.matched.data, rtol=1e-12,
                                    equal_nan=True)
@@ -356,7 +361,8 @@ class TestWorkers:
     @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
     def test_bad_workers(self, bad):
         with pytest.raises(ValueError, match="workers must be None or an integer >= 1"):
-            ModelPsfMatcher().solve((256, 256), gaussian_stamp(11, 2.0), gaussian_stamp(11, 3.0),
+            ModelPsfMatcher(REFERENCE_CONFIG).solve((256, 256), gaussian_stamp(11, 2.0),
+                                                    gaussian_stamp(11, 3.0),
                                     workers=bad)
 
 
@@ -364,7 +370,7 @@ def test_masked_array_input_keeps_its_mask():
     data = np.ma.MaskedArray(np.ones((192, 192)), mask=np.zeros((192, 192), bool))
     data.mask[90, 90] = True
     out = match_psf(data, CircularGaussianPRF(fwhm=5.0), source_psf=gaussian_stamp(15, 1.5),
-                    cell_size=64).matched
+                    config=REFERENCE_CONFIG, cell_size=64).matched
     assert out.mask[90, 90] and out.mask[100, 100] and not out.mask[120, 120]
 
 
@@ -373,7 +379,9 @@ class TestDeconvolutionWarning:
         with pytest.warns(AstropyUserWarning, match=r"target_psf is narrower than the source PSF "
                                                     r"at 16 of 16 cells .* deconvolution"):
             match_psf(np.zeros((256, 256)), CircularGaussianPRF(fwhm=3.0),
-                      source_psf=CircularGaussianPRF(fwhm=5.0), cell_size=64)
+                      source_psf=CircularGaussianPRF(fwhm=5.0), config=REFERENCE_CONFIG,
+                          cell_size=64,
+                      max_residual=0.5)
 
     def test_elliptical_source_narrower_along_one_axis_warns(self):
         # round target broader than the source's minor axis but not its major axis

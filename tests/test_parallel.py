@@ -72,9 +72,12 @@ def assert_same_results(results, expected, *, exact=True):
             np.testing.assert_array_equal(a.data, b.data)
             np.testing.assert_array_equal(a.uncertainty.array, b.uncertainty.array)
         else:
+            # other thread counts round BLAS and FFT sums differently; the default basis of
+            # a constant PSF (ridge-regularized delta functions, condition number up to
+            # ~1e10) turns that into differences of ~1e-9 of the peak
             scale = np.nanmax(np.abs(b.data))
-            np.testing.assert_allclose(a.data, b.data, rtol=1e-10, atol=1e-12 * scale)
-            np.testing.assert_allclose(a.uncertainty.array, b.uncertainty.array, rtol=1e-10)
+            np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=1e-8 * scale)
+            np.testing.assert_allclose(a.uncertainty.array, b.uncertainty.array, rtol=1e-6)
         np.testing.assert_array_equal(a.mask, b.mask)
 
 
@@ -148,7 +151,7 @@ class TestFailures:
 
     def test_a_failing_solution(self, images):
         # a kernel too large for the PSF stamps fails every exposure, each reported
-        config = CONFIG.replace(kernel_size=41, auto_pad_psf=False)
+        config = CONFIG.replace(kernel_basis="alard-lupton", kernel_size=41, auto_pad_psf=False)
         many = match_many(images[:2], TARGET, config=config, progress=False)
         assert many.failed == [0, 1]
         assert all(m.startswith("ValueError: ") for m in many.errors.values())

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from photutils.psf import CircularGaussianPRF
-from psf_models import gaussian_stamp, varying_gaussian_grid
+from psf_models import REFERENCE_CONFIG, gaussian_stamp, varying_gaussian_grid
 from scipy.signal import fftconvolve
 
-from astropsfmatch import KernelSolutionError, MatchConfig, ModelPsfMatcher
+from astropsfmatch import KernelSolutionError, ModelPsfMatcher
 from astropsfmatch._adapters.psf import as_psf
 from astropsfmatch._engine.basis import KernelBasis
 from astropsfmatch._engine.solve import regularization_matrix
@@ -36,7 +36,7 @@ def residual_at(kernel, source_psf, target_psf, x, y, size):
 def gaussian_solution():
     source = gaussian_stamp(31, SIGMA_S)
     target = gaussian_stamp(31, SIGMA_T)
-    return ModelPsfMatcher(cell_size=128).solve((512, 512), source, target)
+    return ModelPsfMatcher(REFERENCE_CONFIG, cell_size=128).solve((512, 512), source, target)
 
 
 class TestGaussianToGaussian:
@@ -72,7 +72,7 @@ class TestKernelSum:
     @pytest.mark.parametrize("order", [0, 1, 2])
     @pytest.mark.parametrize("kernel_sum", [0.5, 1.0, 2.7])
     def test_sum_everywhere(self, order, kernel_sum):
-        matcher = ModelPsfMatcher(cell_size=64, spatial_order=order)
+        matcher = ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64, spatial_order=order)
         solution = matcher.solve((256, 256), varying_gaussian_grid((256, 256)),
                                  CircularGaussianPRF(fwhm=7.0), kernel_sum=kernel_sum)[0]
         rng = np.random.default_rng(8)
@@ -83,7 +83,7 @@ class TestKernelSum:
     @pytest.mark.parametrize("bad", [0.0, -1.0, np.nan, np.inf, "1", True])
     def test_bad_kernel_sum(self, bad):
         with pytest.raises(ValueError, match="kernel_sum must be a finite number > 0"):
-            ModelPsfMatcher().solve((256, 256), gaussian_stamp(11, 2.0),
+            ModelPsfMatcher(REFERENCE_CONFIG).solve((256, 256), gaussian_stamp(11, 2.0),
                                     gaussian_stamp(11, 3.0), kernel_sum=bad)
 
 
@@ -96,7 +96,7 @@ class TestVaryingGriddedPsf:
         shape = (1024, 1024)
         source = varying_gaussian_grid(shape, sigma_range=SIGMA_RANGE)
         target = CircularGaussianPRF(fwhm=2.3548 * 3.2)
-        result = ModelPsfMatcher().solve(shape, source, target)
+        result = ModelPsfMatcher(REFERENCE_CONFIG).solve(shape, source, target)
         return result, source, target
 
     def test_candidates(self, varying):
@@ -120,7 +120,8 @@ class TestVaryingGriddedPsf:
 
 class TestAlternativeBases:
     def test_delta_function_with_regularization(self):
-        config = MatchConfig(kernel_basis="delta-function", cell_size=64, spatial_order=1)
+        config = REFERENCE_CONFIG.replace(kernel_basis="delta-function", cell_size=64,
+                                          spatial_order=1)
         solution, candidates, *_ = ModelPsfMatcher(config).solve(
             (192, 192), gaussian_stamp(31, SIGMA_S), gaussian_stamp(31, SIGMA_T))
         assert solution.basis.kind == "delta-function"
@@ -132,7 +133,8 @@ class TestAlternativeBases:
         source, target = gaussian_stamp(31, SIGMA_S), gaussian_stamp(31, SIGMA_T)
         rough = []
         for lam in (1e-8, 1e-2):
-            config = MatchConfig(kernel_basis="delta-function", kernel_size=11, cell_size=64,
+            config = REFERENCE_CONFIG.replace(kernel_basis="delta-function", kernel_size=11,
+                                              cell_size=64,
                                  spatial_order=0, lambda_type="absolute", lambda_value=lam)
             kernel = ModelPsfMatcher(config).solve((192, 192), source, target)[0].kernel
             k = kernel.evaluate(64, 64).ravel()
@@ -142,7 +144,8 @@ class TestAlternativeBases:
     @pytest.mark.parametrize("lambda_type", ["absolute", "relative"])
     @pytest.mark.parametrize("regularization_type", ["central-difference", "forward-difference"])
     def test_regularization_options(self, lambda_type, regularization_type):
-        config = MatchConfig(kernel_basis="delta-function", kernel_size=15, cell_size=64,
+        config = REFERENCE_CONFIG.replace(kernel_basis="delta-function", kernel_size=15,
+                                          cell_size=64,
                              spatial_order=0, lambda_type=lambda_type, lambda_value=1e-7,
                              regularization_type=regularization_type,
                              central_regularization_stencil=5)
@@ -153,7 +156,8 @@ class TestAlternativeBases:
 
     @pytest.mark.parametrize("subtract_mean", [True, False])
     def test_pca(self, subtract_mean):
-        config = MatchConfig(use_pca_for_spatial_kernel=True, num_principal_components=3,
+        config = REFERENCE_CONFIG.replace(use_pca_for_spatial_kernel=True,
+                                          num_principal_components=3,
                              subtract_mean_for_pca=subtract_mean, cell_size=128)
         shape = (512, 512)
         solution, candidates, *_ = ModelPsfMatcher(config).solve(
@@ -166,21 +170,23 @@ class TestAlternativeBases:
 
 class TestConditionNumber:
     def test_spatial_check_raises(self):
-        config = MatchConfig(check_condition_number=True, max_spatial_condition_number=10.0,
+        config = REFERENCE_CONFIG.replace(check_condition_number=True,
+                                          max_spatial_condition_number=10.0,
                              max_condition_number=1e30, cell_size=64)
         with pytest.raises(KernelSolutionError, match="spatial condition number .* exceeds"):
             ModelPsfMatcher(config).solve((192, 192), gaussian_stamp(11, 2.0),
                                           gaussian_stamp(11, 3.0))
 
     def test_all_candidates_rejected(self):
-        config = MatchConfig(check_condition_number=True, max_condition_number=1.0, cell_size=64)
+        config = REFERENCE_CONFIG.replace(check_condition_number=True, max_condition_number=1.0,
+                                          cell_size=64)
         with pytest.raises(KernelSolutionError, match="all 9 kernel candidates were rejected"):
             ModelPsfMatcher(config).solve((192, 192), gaussian_stamp(11, 2.0),
                                           gaussian_stamp(11, 3.0))
 
     @pytest.mark.parametrize("kind", ["eigenvalue", "svd"])
     def test_reported(self, kind):
-        config = MatchConfig(condition_number_type=kind, cell_size=64)
+        config = REFERENCE_CONFIG.replace(condition_number_type=kind, cell_size=64)
         solution, candidates, *_ = ModelPsfMatcher(config).solve(
             (192, 192), gaussian_stamp(11, 2.0), gaussian_stamp(11, 3.0))
         assert np.isfinite(solution.info["spatial_condition_number"])
@@ -200,7 +206,7 @@ class TestConditionNumber:
 
 class TestFwhmScaling:
     def test_scaled_basis(self):
-        config = MatchConfig(scale_by_fwhm=True, cell_size=64)
+        config = REFERENCE_CONFIG.replace(scale_by_fwhm=True, cell_size=64)
         solution, candidates, *_ = ModelPsfMatcher(config).solve(
             (192, 192), gaussian_stamp(25, 1.5), gaussian_stamp(25, 4.0))
         params = solution.basis.parameters

@@ -209,6 +209,30 @@ class PSFAdapter:
             f"natural size {self._natural_size}>"
         )
 
+    #: True when the PSF has the same shape at every position.
+    constant = False
+
+    def node_lines(self, shape):
+        """Node lines ``(xs, ys)`` along which the PSF model varies, for the bilinear model.
+
+        None for a constant PSF. The default for a varying model is three lines
+        per axis (edges and centre), which the matcher subdivides as needed.
+        """
+        if self.constant:
+            return None
+        ny, nx = shape
+        return np.linspace(0.0, nx - 1.0, 3), np.linspace(0.0, ny - 1.0, 3)
+
+    def linear_components(self, size):
+        """The stamps as convex combinations of fixed templates, or None.
+
+        Returns ``(templates, weights)``: unit-sum templates (m, size, size)
+        and a function ``weights(x, y) -> (n, m)`` whose rows are >= 0 and sum
+        to one, such that ``stamps(x, y, size) == weights(x, y) @ templates``.
+        The matcher then convolves the m templates instead of every stamp.
+        """
+        return None
+
     def native_size(self, x, y):
         """
         The natural stamp size: the largest over the positions ``(x, y)``.
@@ -275,6 +299,8 @@ class PSFAdapter:
 class _ConstantPSF(PSFAdapter):
     """A PSF with the same shape everywhere: one stamp per size, cached."""
 
+    constant = True
+
     def __init__(self, model, name):
         super().__init__(model, name)
         self._cache = {}
@@ -288,6 +314,9 @@ class _ConstantPSF(PSFAdapter):
 
     def _stamps(self, x, y, size):
         return np.broadcast_to(self._stamp(size), (x.size, size, size)).copy()
+
+    def linear_components(self, size):
+        return self._stamp(size)[np.newaxis], lambda x, y: np.ones((np.size(x), 1))
 
     def fwhm(self, x, y):
         x, y = _check_positions(x, y)
@@ -475,6 +504,37 @@ class _GriddedPSF(PSFAdapter):
             )
             raise ValueError(msg)
 
+    @property
+    def constant(self):
+        """A grid of one ePSF is constant."""
+        return self._data.shape[0] == 1
+
+    def node_lines(self, shape):
+        """The model's own node lines that matter for an image of ``shape``.
+
+        photutils interpolates bilinearly between the grid ePSFs and holds
+        the edge ePSFs beyond the grid, so the PSF is bilinear between these
+        lines: every grid line inside the image, and the nearest one at or
+        beyond each edge (or the outermost line when the grid stops short of
+        the edge, beyond which the PSF is constant).
+        """
+        if self.constant:
+            return None
+        return (_bracketing_lines(self._xgrid, shape[1]), _bracketing_lines(self._ygrid, shape[0]))
+
+    def coverage(self, shape):
+        """How far (pixels) the image extends beyond the ePSF grid: ``(x, y)``, >= 0."""
+        ny, nx = shape
+        beyond_x = max(self._xgrid[0] - 0.0, (nx - 1.0) - self._xgrid[-1], 0.0)
+        beyond_y = max(self._ygrid[0] - 0.0, (ny - 1.0) - self._ygrid[-1], 0.0)
+        return float(beyond_x), float(beyond_y)
+
+    def grid_spacing(self):
+        """Typical spacing of the ePSF grid lines ``(x, y)`` (inf for a single line)."""
+        def spacing(lines):
+            return float(np.median(np.diff(lines))) if lines.size > 1 else np.inf
+        return spacing(self._xgrid), spacing(self._ygrid)
+
     def _spline(self, index):
         if self._splines[index] is None:
             ny, nx = self._data.shape[1:]
@@ -527,6 +587,23 @@ class _GriddedPSF(PSFAdapter):
         weights[rows, (iy + 1) * nxg + ix + 1] = (xc - x0) * (yc - y0) / norm
         return weights
 
+    def linear_components(self, size):
+        templates, invalid = self._get_templates(size)
+        templates = np.array(templates)
+        if self._fill_value is not None:
+            templates[:, invalid] = self._fill_value
+        sums = templates.sum(axis=(1, 2))
+        templates = _normalize(templates, self.name, "model")
+
+        def weights(x, y):
+            x, y = _check_positions(x, y)
+            # the stamp is sum_m w_m T_m / sum_m w_m s_m: a convex combination of the
+            # unit-sum templates with weights w_m s_m / sum_k w_k s_k
+            scaled = self._weights(x, y) * sums
+            return scaled / scaled.sum(axis=1, keepdims=True)
+
+        return templates, weights
+
     def _stamps(self, x, y, size):
         templates, invalid = self._get_templates(size)
         npsf = templates.shape[0]
@@ -535,6 +612,16 @@ class _GriddedPSF(PSFAdapter):
         if self._fill_value is not None:
             stamps[:, invalid] = self._fill_value
         return _normalize(stamps, self.name, "model")
+
+
+def _bracketing_lines(lines, size):
+    """Grid lines inside [0, size - 1] plus the nearest one at or beyond each edge."""
+    lines = np.unique(np.asarray(lines, dtype=float))
+    inside = lines[(lines > 0) & (lines < size - 1)]
+    below, above = lines[lines <= 0], lines[lines >= size - 1]
+    low = below.max() if below.size else lines.min()
+    high = above.min() if above.size else lines.max()
+    return np.unique(np.concatenate([[low], inside, [high]]))
 
 
 def _centred_model(model, name):

@@ -229,30 +229,28 @@ class AlardLuptonParameters:
 def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=_REFERENCE.alard_sigmas,
                         degrees=_REFERENCE.alard_degrees, min_sigma=_REFERENCE.alard_min_sigma,
                         min_sigma_deconv=_REFERENCE.alard_min_sigma_deconv,
-                        degree_deconv=_REFERENCE.alard_degree_deconv,
                         gauss_beta=_REFERENCE.alard_gauss_beta,
                         fwhm_scaling=_REFERENCE.kernel_size_fwhm_scaling,
                         kernel_size_min=_REFERENCE.kernel_size_min,
-                        kernel_size_max=_REFERENCE.kernel_size_max,
-                        kernel_size=_REFERENCE.kernel_size):
+                        kernel_size_max=None):
     r"""Gaussian widths of the Alard-Lupton basis scaled to the PSF widths.
 
+    The rule of the reference pipeline's current ``makeKernelBasisList``.
     Treating both PSFs as Gaussians, the kernel that turns the source PSF
     into the target has :math:`\sigma_k^2 = |\sigma_t^2 - \sigma_s^2|`.
 
     - ``target_fwhm > source_fwhm`` (mode ``'convolution'``): :math:`\sigma_k`
       is floored at ``min_sigma``; the widths are
-      :math:`[\sigma_k/\beta, \sigma_k, \sigma_k\beta, \ldots]` when
-      :math:`\sigma_k/\beta` is above the floor, else
-      :math:`[\sigma_k, \sigma_k\beta, \ldots]`, as many as ``sigmas``, with
-      the configured ``degrees``.
+      :math:`[\max(f, \sigma_k/\beta), \times\beta, \times\beta^2, \ldots]`,
+      as many as ``sigmas`` (one width: :math:`[\sigma_k]`), with the
+      configured ``degrees``.
     - ``target_fwhm < source_fwhm`` (``'deconvolution'``): the same with the
-      floor ``min_sigma_deconv`` and every degree ``degree_deconv``.
-    - equal widths (``'config'``): the configured ``sigmas``, ``degrees`` and
-      ``kernel_size`` unchanged.
+      floor ``min_sigma_deconv`` and, as in the reference since 2025, the same
+      configured ``degrees``.
+    - equal widths (``'config'``): the configured ``sigmas``.
 
-    In the scaled modes the kernel size is ``int(fwhm_scaling * sigmas[-1])``
-    made odd and clamped to ``[kernel_size_min, kernel_size_max]``.
+    In every mode the kernel size is ``int(fwhm_scaling * sigmas[-1])``, made
+    odd and clamped to ``[kernel_size_min, kernel_size_max]``.
 
     Parameters
     ----------
@@ -260,10 +258,14 @@ def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=_REFERENCE.alard_sig
         FWHM in pixels of the PSF to convolve and of the PSF to match.
     sigmas, degrees : sequence
         Configured widths (their count is kept) and degrees.
-    min_sigma, min_sigma_deconv, degree_deconv, gauss_beta, fwhm_scaling : float
-        Floors, deconvolution degree, width ratio and size factor.
-    kernel_size_min, kernel_size_max, kernel_size : int
-        Clamp of the scaled size, and the size kept in ``'config'`` mode.
+    min_sigma, min_sigma_deconv, gauss_beta, fwhm_scaling : float
+        Floors, width ratio and size factor.
+    kernel_size_min : int
+        Smallest kernel size.
+    kernel_size_max : int or None
+        Largest kernel size; None (the default) lets the size follow the
+        widths: the reference's 35 cannot hold the kernel of a large FWHM
+        jump (3 -> 15 pixels needs 75).
 
     Returns
     -------
@@ -272,9 +274,12 @@ def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=_REFERENCE.alard_sig
     Examples
     --------
     >>> from astropsfmatch import alard_lupton_sigmas
-    >>> p = alard_lupton_sigmas(4.0, 8.0)
+    >>> p = alard_lupton_sigmas(4.0, 8.0, kernel_size_max=35)
     >>> p.mode, [round(s, 3) for s in p.sigmas], p.kernel_size
     ('convolution', [1.471, 2.942, 5.884], 35)
+    >>> p = alard_lupton_sigmas(3.0, 4.0)
+    >>> [round(s, 3) for s in p.sigmas], p.kernel_size
+    ([0.7, 1.4, 2.8], 21)
     """
     sigmas, degrees = _check_sigmas_degrees(sigmas, degrees)
     for name, value in (("source_fwhm", source_fwhm), ("target_fwhm", target_fwhm)):
@@ -284,30 +289,32 @@ def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=_REFERENCE.alard_sig
     if gauss_beta <= 1:
         msg = f"gauss_beta must be > 1, got {gauss_beta!r}"
         raise ValueError(msg)
-    if kernel_size_min > kernel_size_max:
+    if kernel_size_max is not None and kernel_size_min > kernel_size_max:
         msg = (f"kernel_size_min must be <= kernel_size_max, got {kernel_size_min} > "
                f"{kernel_size_max}")
         raise ValueError(msg)
     source_sigma = source_fwhm / GAUSSIAN_SIGMA_TO_FWHM
     target_sigma = target_fwhm / GAUSSIAN_SIGMA_TO_FWHM
-    if np.isclose(source_sigma, target_sigma, rtol=1e-12, atol=0):
-        return AlardLuptonParameters(sigmas, degrees, _check_kernel_size(kernel_size), "config")
-    if target_sigma > source_sigma:
-        mode, floor, new_degrees = "convolution", min_sigma, degrees
+    if source_sigma == target_sigma:
+        mode, widths = "config", list(sigmas)
     else:
-        mode, floor = "deconvolution", min_sigma_deconv
-        new_degrees = (int(degree_deconv),) * len(sigmas)
-    kernel_sigma = max(math.sqrt(abs(target_sigma**2 - source_sigma**2)), floor)
-    if len(sigmas) > 1 and kernel_sigma / gauss_beta > floor:
-        widths = [kernel_sigma / gauss_beta, kernel_sigma]
-    else:
-        widths = [kernel_sigma]
-    while len(widths) < len(sigmas):
-        widths.append(widths[-1] * gauss_beta)
+        if target_sigma > source_sigma:
+            mode, floor = "convolution", min_sigma
+        else:
+            mode, floor = "deconvolution", min_sigma_deconv
+        kernel_sigma = max(math.sqrt(abs(target_sigma**2 - source_sigma**2)), floor)
+        if len(sigmas) > 1:
+            widths = [max(floor, kernel_sigma / gauss_beta)]
+        else:
+            widths = [kernel_sigma]
+        while len(widths) < len(sigmas):
+            widths.append(widths[-1] * gauss_beta)
     size = int(fwhm_scaling * widths[-1])
     size += 0 if size % 2 else 1
-    size = min(kernel_size_max, max(size, kernel_size_min))
-    return AlardLuptonParameters(tuple(widths), new_degrees, size, mode)
+    size = max(size, kernel_size_min)
+    if kernel_size_max is not None:
+        size = min(size, kernel_size_max)
+    return AlardLuptonParameters(tuple(widths), degrees, size, mode)
 
 
 def _alard_lupton_labels(sigmas, degrees):
@@ -463,10 +470,8 @@ def build_basis(config, *, source_fwhm=None, target_fwhm=None):
             source_fwhm, target_fwhm,
             sigmas=config.alard_sigmas, degrees=config.alard_degrees,
             min_sigma=config.alard_min_sigma, min_sigma_deconv=config.alard_min_sigma_deconv,
-            degree_deconv=config.alard_degree_deconv, gauss_beta=config.alard_gauss_beta,
-            fwhm_scaling=config.kernel_size_fwhm_scaling,
-            kernel_size_min=config.kernel_size_min, kernel_size_max=config.kernel_size_max,
-            kernel_size=config.kernel_size)
+            gauss_beta=config.alard_gauss_beta, fwhm_scaling=config.kernel_size_fwhm_scaling,
+            kernel_size_min=config.kernel_size_min, kernel_size_max=config.kernel_size_max)
         return KernelBasis.alard_lupton(params.kernel_size, params.sigmas, params.degrees,
                                         mode=params.mode)
     return KernelBasis.alard_lupton(config.kernel_size, config.alard_sigmas,

@@ -7,6 +7,7 @@ The spatially varying convolution is therefore a weighted sum of ordinary
 convolutions, which FFTs compute exactly — no kernel interpolation.
 """
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -107,106 +108,164 @@ def _as_real(array):
 
 
 class _Plane:
-    """One image to convolve (data or variance) with its monomial kernels."""
+    """The monomial kernels of one image (data or variance) over one kernel piece."""
 
-    def __init__(self, source, exponents, images, xn, yn, fft_shape, dtype):
+    def __init__(self, exponents, images, xl, yl, fft_shape, dtype):
         keep = np.flatnonzero(np.any(images != 0, axis=(1, 2)))
         if keep.size == 0:  # a zero kernel: keep one (zero) monomial
             keep = np.array([0])
         exponents = exponents[keep]
         images = images[keep]
         complex_dtype = np.result_type(dtype, np.complex64)
-        self.source = source
         size = images.shape[1]
         self.spectra = np.empty((len(images), fft_shape[0], fft_shape[1] // 2 + 1),
                                 dtype=complex_dtype)
         padded = np.zeros(fft_shape)
         for n, image in enumerate(images):
             padded[:size, :size] = image
-            self.spectra[n] = scipy.fft.rfft2(padded)
+            self.spectra[n] = scipy.fft.rfft2(padded, workers=1)
         x_powers, self.group = np.unique(exponents[:, 0], return_inverse=True)
-        self.row_weights = (yn[None, :] ** exponents[:, 1:2]).astype(dtype)
-        self.column_weights = (xn[None, :] ** x_powers[:, None]).astype(dtype)
-        self.output = None
+        self.row_weights = (yl[None, :] ** exponents[:, 1:2]).astype(dtype)
+        self.column_weights = (xl[None, :] ** x_powers[:, None]).astype(dtype)
+
+
+def _tile_length(pieces, half):
+    """FFT length and output step of the tiles: ~_FFT_LENGTH, no longer than the pieces need."""
+    target = max(_FFT_LENGTH, 4 * (2 * half + 1)) - 2 * half
+    longest = max(max(p.y1 - p.y0, p.x1 - p.x0) for p in pieces)
+    length = scipy.fft.next_fast_len(min(target, longest) + 2 * half, real=True)
+    return length, length - 2 * half
 
 
 class _Convolver:
-    """Tiled overlap-save FFT convolution of one or two planes."""
+    """Tiled overlap-save FFT convolution of one or two images with a piecewise kernel.
 
-    def __init__(self, planes, bad, half, shape, dtype):
-        self.planes = planes
+    Every piece of the kernel (`SpatialKernel.pieces`) is cut into tiles of
+    at most ``step`` x ``step`` output pixels, each convolved with one FFT of
+    ``length`` x ``length`` pixels per image. With one piece the tiles are the
+    units of work of the threads and share the kernel spectra; with several
+    pieces each piece is a unit of work, whose spectra its thread computes
+    and drops when done (bounded memory for any number of pieces).
+    """
+
+    def __init__(self, sources, outputs, pieces, bad, half, dtype, kernel_sum):
+        self.sources = sources
+        self.outputs = outputs
+        self.pieces = pieces
         self.bad = bad
         self.half = half
-        self.shape = shape
+        self.shape = sources[0].shape
         self.dtype = dtype
-        self.fft_y, self.step_y, starts_y = _tiling(shape[0], half)
-        self.fft_x, self.step_x, starts_x = _tiling(shape[1], half)
-        self.tiles = [(y0, x0) for y0 in starts_y for x0 in starts_x]
+        self.kernel_sum = kernel_sum
+        self.length, self.step = _tile_length(pieces, half)
+
+    def planes(self, piece):
+        """The planes (data and, with a variance, its squared kernel) of one piece."""
+        images = piece.images / self.kernel_sum
+        fft_shape = (self.length, self.length)
+        planes = [_Plane(piece.exponents, images, piece.xl, piece.yl, fft_shape, self.dtype)]
+        if len(self.sources) > 1:
+            exponents2, images2 = _squared_monomials(piece.exponents, images)
+            planes.append(_Plane(exponents2, images2, piece.xl, piece.yl, fft_shape,
+                                 self.dtype))
+        return planes
+
+    def tiles(self, piece):
+        """Output tiles ``(y0, x0, rows, cols)`` of one piece."""
+        return [(y0, x0, min(self.step, piece.y1 - y0), min(self.step, piece.x1 - x0))
+                for y0 in range(piece.y0, piece.y1, self.step)
+                for x0 in range(piece.x0, piece.x1, self.step)]
 
     def workspace(self):
-        n_max = max(len(p.spectra) for p in self.planes)
-        g_max = max(p.column_weights.shape[0] for p in self.planes)
-        complex_dtype = self.planes[0].spectra.dtype
-        n_freq = self.fft_x // 2 + 1
-        return {
-            "buffer": np.empty((self.fft_y, self.fft_x), dtype=self.dtype),
-            "products": np.empty((n_max, self.fft_y, n_freq), dtype=complex_dtype),
-            "grouped": np.empty((g_max, self.step_y, n_freq), dtype=complex_dtype),
-        }
+        n_freq = self.length // 2 + 1
+        complex_dtype = np.result_type(self.dtype, np.complex64)
+        return {"buffer": np.empty((self.length, self.length), dtype=self.dtype),
+                "complex_dtype": complex_dtype, "n_freq": n_freq,
+                "products": np.empty((0, self.length, n_freq), dtype=complex_dtype),
+                "grouped": np.empty((0, self.step, n_freq), dtype=complex_dtype)}
 
-    def run_tile(self, y0, x0, work):
+    @staticmethod
+    def _scratch(work, key, n):
+        """The first ``n`` planes of a scratch array of the workspace, grown when needed."""
+        if work[key].shape[0] < n:
+            work[key] = np.empty((n, *work[key].shape[1:]), dtype=work["complex_dtype"])
+        return work[key][:n]
+
+    def run_tile(self, tile, planes, work):
+        y0, x0, rows, cols = tile
         half, (n_y, n_x) = self.half, self.shape
         r0, c0 = y0 - half, x0 - half
-        r1, c1 = min(r0 + self.fft_y, n_y), min(c0 + self.fft_x, n_x)
-        rows = min(self.step_y, n_y - half - y0)
-        cols = min(self.step_x, n_x - half - x0)
+        r1, c1 = min(r0 + self.length, n_y), min(c0 + self.length, n_x)
         buffer = work["buffer"]
         window = buffer[:r1 - r0, :c1 - c0]
         bad = None if self.bad is None else self.bad[r0:r1, c0:c1]
-        for plane in self.planes:
+        for plane, source, output in zip(planes, self.sources, self.outputs, strict=True):
             if window.shape != buffer.shape:
                 buffer[...] = 0.0
-            np.copyto(window, plane.source[r0:r1, c0:c1], casting="unsafe")
+            np.copyto(window, source[r0:r1, c0:c1], casting="unsafe")
             if bad is not None:
                 np.copyto(window, 0.0, where=bad)
-            n = len(plane.spectra)
-            products = work["products"][:n]
+            products = self._scratch(work, "products", len(plane.spectra))
             np.multiply(scipy.fft.rfft2(buffer, workers=1), plane.spectra, out=products)
             products = scipy.fft.ifft(products, axis=1, overwrite_x=True, workers=1)
-            n_groups = plane.column_weights.shape[0]
-            grouped = work["grouped"][:n_groups]
+            grouped = self._scratch(work, "grouped", plane.column_weights.shape[0])
             weighted_sum_rows(_as_real(products), 2 * half, plane.row_weights[:, y0:y0 + rows],
                               plane.group, _as_real(grouped))
-            columns = scipy.fft.irfft(grouped[:, :rows], n=self.fft_x, axis=2, workers=1)
-            weighted_sum_columns(columns, 2 * half, plane.column_weights, plane.output,
-                                 y0, x0, cols)
+            columns = scipy.fft.irfft(grouped[:, :rows], n=self.length, axis=2, workers=1)
+            weighted_sum_columns(columns, 2 * half, plane.column_weights, output, y0, x0, cols)
+
+    def units(self):
+        """Units of work ``(planes or piece, tiles)``: tiles of one piece, or whole pieces."""
+        if len(self.pieces) == 1:
+            planes = self.planes(self.pieces[0])
+            return [(planes, [tile]) for tile in self.tiles(self.pieces[0])]
+        return [(piece, self.tiles(piece)) for piece in self.pieces]
+
+    def run_unit(self, unit, work):
+        planes, tiles = unit
+        if not isinstance(planes, list):
+            planes = self.planes(planes)
+        for tile in tiles:
+            self.run_tile(tile, planes, work)
 
     def run(self, workers, extra=None):
         """Convolve every tile with ``workers`` threads; ``extra()`` runs alongside."""
-        if workers == 1 or len(self.tiles) == 1:
+        units = self.units()
+        if workers == 1 or len(units) == 1:
             if extra is not None:
                 extra()
             work = self.workspace()
-            for y0, x0 in self.tiles:
-                self.run_tile(y0, x0, work)
+            for unit in units:
+                self.run_unit(unit, work)
             return
         lock = threading.Lock()
-        pending = iter(self.tiles)
+        pending = iter(units)
 
         def loop():
             work = self.workspace()
             while True:
                 with lock:
-                    tile = next(pending, None)
-                if tile is None:
+                    unit = next(pending, None)
+                if unit is None:
                     return
-                self.run_tile(*tile, work)
+                self.run_unit(unit, work)
 
         with ThreadPoolExecutor(max_workers=workers) as executor:
             futures = [] if extra is None else [executor.submit(extra)]
             futures += [executor.submit(loop) for _ in range(workers)]
             for future in futures:
                 future.result()
+
+
+def _valid_pieces(kernel, shape, half):
+    """The kernel's pieces cut to the output pixels with a complete kernel (non-empty ones)."""
+    out = []
+    for piece in kernel.pieces(shape):
+        y0, y1 = max(piece.y0, half), min(piece.y1, shape[0] - half)
+        x0, x1 = max(piece.x0, half), min(piece.x1, shape[1] - half)
+        if y1 > y0 and x1 > x0:
+            out.append(dataclasses.replace(piece, x0=x0, x1=x1, y0=y0, y1=y1))
+    return out
 
 
 def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normalize=True,
@@ -345,9 +404,7 @@ def convolve_checked(data, kernel, variance, mask, kernel_sum, dtype, *, n_threa
     For callers that hold a thread scope already (the matcher):
     ``n_threads`` tiles are convolved at once.
     """
-    size = kernel.kernel_size
-
-    shape, half = data.shape, size // 2
+    shape, half = data.shape, kernel.kernel_size // 2
     bad = ~np.isfinite(data)
     if variance is not None:
         bad |= ~np.isfinite(variance)
@@ -356,28 +413,19 @@ def convolve_checked(data, kernel, variance, mask, kernel_sum, dtype, *, n_threa
     if not bad.any():
         bad = None
 
-    exponents, images = kernel.monomial_kernels()
-    images = images / kernel_sum
-    xn, yn = kernel.normalize_xy(np.arange(shape[1]), np.arange(shape[0]))
-    fft_shape = (_tiling(shape[0], half)[0], _tiling(shape[1], half)[0])
-    planes = [_Plane(data, exponents, images, xn, yn, fft_shape, dtype)]
-    if variance is not None:
-        planes.append(_Plane(variance, *_squared_monomials(exponents, images),
-                             xn, yn, fft_shape, dtype))
-    for plane in planes:
-        plane.output = np.empty(shape, dtype=dtype)
-
+    sources = [data] if variance is None else [data, variance]
+    outputs = [np.empty(shape, dtype=dtype) for _ in sources]
     out_mask = np.zeros(shape, dtype=bool)
     extra = None if bad is None else (lambda: dilate_box(bad, half, out_mask))
-    _Convolver(planes, bad, half, shape, dtype).run(n_threads, extra)
+    pieces = _valid_pieces(kernel, shape, half)
+    _Convolver(sources, outputs, pieces, bad, half, dtype, kernel_sum).run(n_threads, extra)
 
     if bad is not None:
-        for plane in planes:
-            np.copyto(plane.output, np.nan, where=out_mask)
+        for output in outputs:
+            np.copyto(output, np.nan, where=out_mask)
     for edge in (np.s_[:half, :], np.s_[shape[0] - half:, :],
                  np.s_[:, :half], np.s_[:, shape[1] - half:]):
         out_mask[edge] = True
-        for plane in planes:
-            plane.output[edge] = np.nan
-    return ConvolvedImage(planes[0].output,
-                          None if variance is None else planes[1].output, out_mask)
+        for output in outputs:
+            output[edge] = np.nan
+    return ConvolvedImage(outputs[0], None if variance is None else outputs[1], out_mask)

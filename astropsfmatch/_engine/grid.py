@@ -202,3 +202,84 @@ def resize_stamp(stamp, size):
     out[..., half - ry:half + ry + 1, half - rx:half + rx + 1] = stamp[
         ..., ny // 2 - ry:ny // 2 + ry + 1, nx // 2 - rx:nx // 2 + rx + 1]
     return out
+
+
+@dataclass(frozen=True)
+class NodeGrid:
+    """The nodes of a bilinear spatial model: where its kernels are solved.
+
+    Has the interface of `CellGrid` that figures and results use: ``n_cells``
+    (nodes per axis), ``positions``, ``cell_bounds`` (the part of the image
+    closest to a node), ``bbox`` and ``cell_size`` (the median node
+    spacing).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape ``(ny, nx)``.
+    nodes_x, nodes_y : array_like
+        Node lines (pixels), strictly increasing.
+    """
+
+    shape: tuple
+    nodes_x: np.ndarray
+    nodes_y: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "nodes_x", np.asarray(self.nodes_x, dtype=float))
+        object.__setattr__(self, "nodes_y", np.asarray(self.nodes_y, dtype=float))
+
+    @property
+    def n_cells(self):
+        """Number of nodes ``(n_y, n_x)``."""
+        return (self.nodes_y.size, self.nodes_x.size)
+
+    @property
+    def n_candidates(self):
+        """Number of nodes."""
+        return self.nodes_x.size * self.nodes_y.size
+
+    @property
+    def grow(self):
+        """0: nodes are not laid on a grown box."""
+        return 0
+
+    @property
+    def bbox(self):
+        """The box of the nodes and the image ``(xmin, xmax, ymin, ymax)``."""
+        ny, nx = self.shape
+        return (min(float(self.nodes_x[0]), 0.0), max(float(self.nodes_x[-1]), nx - 1.0),
+                min(float(self.nodes_y[0]), 0.0), max(float(self.nodes_y[-1]), ny - 1.0))
+
+    @property
+    def cell_size(self):
+        """Median node spacing ``(y, x)`` in whole pixels (the image size for one node)."""
+        def spacing(nodes, size):
+            return int(round(float(np.median(np.diff(nodes))))) if nodes.size > 1 else size
+        return (spacing(self.nodes_y, self.shape[0]), spacing(self.nodes_x, self.shape[1]))
+
+    @property
+    def centres_x(self):
+        """x of the nodes (1-D)."""
+        return self.nodes_x
+
+    @property
+    def centres_y(self):
+        """y of the nodes (1-D)."""
+        return self.nodes_y
+
+    def positions(self):
+        """Flat arrays ``(x, y)`` of all node positions, row by row."""
+        y, x = np.meshgrid(self.nodes_y, self.nodes_x, indexing="ij")
+        return x.ravel(), y.ravel()
+
+    def cell_bounds(self, iy, ix):
+        """The pixels closest to node ``(iy, ix)`` as ``(x0, x1, y0, y1)``, half-open."""
+        def bounds(nodes, i, size):
+            low = 0 if i == 0 else int(np.ceil((nodes[i - 1] + nodes[i]) / 2.0))
+            high = size if i == nodes.size - 1 else int(np.ceil((nodes[i] + nodes[i + 1]) / 2.0))
+            return max(low, 0), min(max(high, 0), size)
+        x0, x1 = bounds(self.nodes_x, ix, self.shape[1])
+        y0, y1 = bounds(self.nodes_y, iy, self.shape[0])
+        return (x0, x1, y0, y1)

@@ -37,6 +37,13 @@ __all__ = ["KernelSolutionError"]
 _REFERENCE = MatchConfig()
 
 
+#: Relative strengths tried by ``lambda_type='adaptive'``, weakest first.
+_ADAPTIVE_LAMBDAS = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5)
+
+#: ... and how much larger than the best one an accepted residual may be.
+_ADAPTIVE_TOLERANCE = 1.25
+
+
 class KernelSolutionError(RuntimeError):
     """The kernel could not be solved (e.g. ill-conditioned beyond the allowed maximum)."""
 
@@ -77,7 +84,8 @@ def regularization_matrix(kernel_size, *, regularization_type=_REFERENCE.regular
 
     Central difference: ``H = L^T L`` with ``L`` the 5- or 9-point Laplacian.
     Forward difference: sum over ``orders`` of ``D^T D`` for x and y
-    differences (order 0 is the identity). Border pixels get an extra
+    differences. Ridge: the identity (``k^T k``, the noise gain squared of
+    the kernel). Border pixels get an extra
     ``border_penalty`` on their squared value, pulling the kernel edge to zero.
 
     Examples
@@ -89,6 +97,9 @@ def regularization_matrix(kernel_size, *, regularization_type=_REFERENCE.regular
     if regularization_type == "central-difference":
         operator = _stencil_operator(kernel_size, stencil)
         matrix = operator.T @ operator
+    elif regularization_type == "ridge":
+        # the sum of the squared kernel pixels: the noise the kernel adds
+        matrix = np.eye(kernel_size**2)
     else:
         matrix = np.zeros((kernel_size**2, kernel_size**2))
         for order in orders:
@@ -204,6 +215,17 @@ class SpatialSolution:
         return dataclasses.replace(self, kernel=self.kernel.scaled(kernel_sum), fits=fits)
 
 
+#: Values below this magnitude are set to zero before products: the far wings of a
+#: Gaussian PSF are subnormal numbers, and arithmetic on them is ~10x slower.
+_TINY = 1e-150
+
+
+def flush_tiny(array):
+    """``array`` with values smaller than 1e-150 in magnitude set to zero (in place)."""
+    array[np.abs(array) < _TINY] = 0.0
+    return array
+
+
 def _weights(targets_valid, constant):
     """Pixel weights, (P, n) like the candidate-last targets."""
     if constant:
@@ -227,7 +249,8 @@ class _Problem:
         self.valid = size - kernel_size + 1
         self.config = config
         # the one conversion of the inputs: candidate axis last
-        self.sources = np.ascontiguousarray(np.moveaxis(sources, 0, -1), dtype=np.float64)
+        self.sources = flush_tiny(np.array(np.moveaxis(sources, 0, -1), dtype=np.float64,
+                                           order="C"))
         window = targets[:, half:half + self.valid, half:half + self.valid]
         self.targets = np.ascontiguousarray(
             np.moveaxis(window.reshape(n, -1), 0, -1), dtype=np.float64)  # (P, n)
@@ -236,26 +259,79 @@ class _Problem:
         self.regularization_lambda = 0.0
 
     def normal_equations(self, basis, regularize):
-        """Convolutions (nb, P, n), matrices (nb, nb, n) and vectors (nb, n) of ``basis``."""
+        """Convolutions (nb, P, n), matrices (nb, nb, n) and vectors (nb, n) of ``basis``.
+
+        With ``regularize`` the matrices include the penalty at the strength
+        of ``lambda_type`` (for ``'adaptive'``: at the smallest strength; see
+        :meth:`solve_constrained`), and ``self.penalty`` holds the penalty
+        matrix in basis coordinates.
+        """
         convolved = basis.convolve(self.sources)
         convolved = convolved.reshape(basis.n_basis, self.valid * self.valid, -1)
-        matrices, vectors = fitting.normal_equations(convolved, self.targets, self.weights)
+        n = convolved.shape[2]
+        if 4 * n < basis.n_basis:
+            # few candidates and a large basis: one BLAS product per candidate is faster
+            # than the candidate-vectorized kernel, whose inner loop is then short
+            matrices = np.empty((basis.n_basis, basis.n_basis, n))
+            vectors = np.empty((basis.n_basis, n))
+            for c in range(n):
+                weighted = convolved[:, :, c] * self.weights[:, c]
+                matrices[:, :, c] = weighted @ convolved[:, :, c].T
+                vectors[:, c] = weighted @ self.targets[:, c]
+        else:
+            matrices, vectors = fitting.normal_equations(convolved, self.targets, self.weights)
+        self.penalty = None
+        self.lambdas = None
         if regularize:
             config = self.config
             pixels = basis.images.reshape(basis.n_basis, -1)
-            penalty = regularization_matrix(
+            operator = regularization_matrix(
                 basis.size, regularization_type=config.regularization_type,
                 stencil=config.central_regularization_stencil,
                 orders=config.forward_regularization_orders,
                 border_penalty=config.regularization_border_penalty)
+            self.penalty = pixels @ operator @ pixels.T
+            scale = np.trace(matrices, axis1=0, axis2=1).mean() / np.trace(operator)
             if config.lambda_type == "relative":
-                mean_trace = np.trace(matrices, axis1=0, axis2=1).mean()
-                lam = config.lambda_scaling * mean_trace / np.trace(penalty)
+                self.lambdas = [config.lambda_scaling * scale]
+            elif config.lambda_type == "adaptive":
+                self.lambdas = [r * scale for r in _ADAPTIVE_LAMBDAS]
             else:
-                lam = config.lambda_value
-            matrices = matrices + lam * (pixels @ penalty @ pixels.T)[:, :, None]
-            self.regularization_lambda = float(lam)
+                self.lambdas = [config.lambda_value]
+            matrices = matrices + self.lambdas[0] * self.penalty[:, :, None]
+            self.regularization_lambda = float(self.lambdas[0])
         return convolved, matrices, vectors
+
+    def solve_constrained(self, convolved, matrices, vectors):
+        """Per-candidate coefficients (nb, n) with the first one (the kernel sum) held at 1.
+
+        With ``lambda_type='adaptive'`` each candidate takes the largest
+        strength whose largest residual is within 25% of the smallest over
+        the strengths tried: the least noisy kernel that matches as well.
+        """
+        def solve(mats):
+            reduced = mats[1:, 1:]
+            rhs = vectors[1:] - mats[1:, 0]
+            coefficients = np.ones((mats.shape[0], mats.shape[2]))
+            if reduced.shape[0]:
+                coefficients[1:] = _solve_stack(reduced, rhs)
+            return coefficients
+
+        coefficients = solve(matrices)
+        if not self.lambdas or len(self.lambdas) == 1:
+            return coefficients
+        residual = np.abs(_models(coefficients, convolved) - self.targets).max(axis=0)
+        best, chosen = residual.copy(), coefficients
+        lambdas = np.full(coefficients.shape[1], self.lambdas[0])
+        for lam in self.lambdas[1:]:
+            trial = solve(matrices + (lam - self.lambdas[0]) * self.penalty[:, :, None])
+            trial_residual = np.abs(_models(trial, convolved) - self.targets).max(axis=0)
+            best = np.minimum(best, trial_residual)
+            accept = trial_residual <= _ADAPTIVE_TOLERANCE * best
+            chosen = np.where(accept, trial, chosen)
+            lambdas = np.where(accept, lam, lambdas)
+        self.regularization_lambda = float(lambdas.max())
+        return chosen
 
     def fit_candidates(self, basis, convolved, matrices, vectors):
         """Unconstrained per-candidate solutions: coefficients (nb, n), kernels, fits."""
@@ -421,3 +497,224 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox):
                            spatial_residuals=spatial_residuals,
                            spatial_residual_max=np.abs(residuals).max(axis=0), info=info,
                            basis=basis)
+
+
+def solve_node_kernels(sources, targets, *, basis, config, nodes):
+    """Solve one unit-sum kernel per node of a bilinear spatial model.
+
+    Parameters
+    ----------
+    sources, targets : ndarray, shape (n, S, S)
+        Unit-flux source and target stamps at the nodes, row by row
+        (``n = len(nodes_y) * len(nodes_x)``).
+    basis : KernelBasis
+        Basis to fit.
+    config : MatchConfig
+        Regularization, weighting, condition-number options.
+    nodes : tuple of ndarray
+        ``(nodes_x, nodes_y)``.
+
+    Returns
+    -------
+    solution : SpatialSolution
+        Its kernel is the bilinear interpolation of the node kernels; each
+        node kernel is the least-squares solution with the kernel sum held at
+        1 (the nodes are independent: no spatial fit).
+
+    Raises
+    ------
+    KernelSolutionError
+        With ``check_condition_number``, a node whose normal matrix is above
+        ``max_condition_number`` (a bilinear model needs every node).
+    """
+    timings = {}
+    start = time.perf_counter()
+    problem = _Problem(np.asarray(sources), np.asarray(targets), basis.size, config)
+    regularize = basis.kind == "delta-function" and config.use_regularization
+    convolved, matrices, vectors = problem.normal_equations(basis, regularize)
+    timings["normal_equations"] = time.perf_counter() - start
+
+    t0 = time.perf_counter()
+    fits, _, conditions = problem.fit_candidates(basis, convolved, matrices, vectors)
+    if config.check_condition_number:
+        limit = config.effective_max_condition_number
+        bad = np.flatnonzero(conditions > limit)
+        if bad.size:
+            msg = (f"{bad.size} of {len(conditions)} kernel nodes have a normal-matrix "
+                   f"condition number above max_condition_number {limit:.3g} (largest "
+                   f"{conditions.max():.3g}); relax max_condition_number or use a smaller "
+                   "kernel_size")
+            raise KernelSolutionError(msg)
+    coefficients = problem.solve_constrained(convolved, matrices, vectors)
+    timings["node_solve"] = time.perf_counter() - t0
+
+    kernel = SpatialKernel(basis.images, coefficients, spatial_model="bilinear", nodes=nodes)
+    residuals = (_models(coefficients, convolved) - problem.targets) / problem.peaks
+    valid = problem.valid
+    timings["total"] = time.perf_counter() - start
+    info = {
+        "regularization_lambda": problem.regularization_lambda,
+        "n_unknowns": int((basis.n_basis - 1) * coefficients.shape[1]),
+        "spatial_condition_number": float(conditions.max()),
+        "solver": "lu per node",
+        "candidate_condition_numbers": conditions,
+        "timings": timings,
+    }
+    return SpatialSolution(kernel=kernel, fits=fits, rejected=np.zeros(len(fits), dtype=bool),
+                           reasons=[""] * len(fits),
+                           spatial_residuals=np.moveaxis(residuals, -1, 0).reshape(
+                               -1, valid, valid),
+                           spatial_residual_max=np.abs(residuals).max(axis=0), info=info,
+                           basis=basis)
+
+
+class LinearStamps:
+    """Source stamps that are convex combinations of templates, with a constant target.
+
+    ``source(x, y) = sum_m w_m(x, y) T_m``: the stamps of a
+    `~photutils.psf.GriddedPSFModel` (bilinear in its grid ePSFs) or of a
+    constant PSF. The basis is convolved with the m templates once; the normal
+    equations of any position are then ``M = sum_{m,k} w_m w_k G_{mk}`` with the
+    Gram matrices ``G_{mk} = C_m^T W C_k`` of the templates' convolutions, and
+    ``b = sum_m w_m C_m^T W t``: the cost no longer grows with the number of
+    positions times the pixels of a stamp.
+
+    Parameters
+    ----------
+    templates : ndarray, shape (m, S, S)
+        Unit-sum templates.
+    weights : callable
+        ``weights(x, y) -> (n, m)``, rows >= 0 summing to one.
+    target : ndarray, shape (S, S)
+        The (constant) unit-flux target stamp.
+    basis : KernelBasis
+    config : MatchConfig
+    """
+
+    def __init__(self, templates, weights, target, *, basis, config):
+        problem = _Problem(np.asarray(templates), np.broadcast_to(target, templates.shape),
+                           basis.size, config)
+        self.problem = problem
+        self.weights = weights
+        self.basis = basis
+        self.config = config
+        # convolutions of the templates, (nb, P, m), and their Gram matrices
+        self.convolved = flush_tiny(basis.convolve(problem.sources).reshape(
+            basis.n_basis, problem.valid * problem.valid, -1))
+        pixel_weights = problem.weights[:, 0]
+        n_basis, _, m = self.convolved.shape
+        stacked = np.moveaxis(self.convolved, 2, 0).reshape(m * n_basis, -1)
+        gram = (stacked * pixel_weights) @ stacked.T
+        # (m, m, nb, nb) flattened: row (m, k), column (a, b)
+        self.gram = np.ascontiguousarray(
+            gram.reshape(m, n_basis, m, n_basis).transpose(0, 2, 1, 3).reshape(m * m, -1))
+        self.rhs = np.einsum("bpm,p,p->bm", self.convolved, pixel_weights,
+                             problem.targets[:, 0])
+        self.target = problem.targets[:, 0]
+        self.peak = float(problem.peaks[0])
+        # each template's convolutions as rows (m, nb, P), for the models
+        self._template_rows = np.ascontiguousarray(np.moveaxis(self.convolved, 2, 0))
+
+    def normal_equations(self, w):
+        """Matrices (nb, nb, n) and vectors (nb, n) at positions of weights ``w`` (n, m)."""
+        n, m = w.shape
+        n_basis = self.basis.n_basis
+        pairs = np.einsum("nm,nk->nmk", w, w).reshape(n, m * m)
+        matrices = (pairs @ self.gram).reshape(n, n_basis, n_basis)
+        return np.ascontiguousarray(np.moveaxis(matrices, 0, -1)), self.rhs @ w.T
+
+    def models(self, w, coefficients):
+        """Models (P, n) of coefficients (nb, n) at positions of weights ``w`` (n, m)."""
+        out = np.zeros((w.shape[0], self.convolved.shape[1]))  # (n, P): rows scatter fast
+        for m in range(w.shape[1]):
+            use = np.flatnonzero(w[:, m])
+            if use.size:
+                out[use] += (coefficients[:, use] * w[use, m]).T @ self._template_rows[m]
+        return out.T
+
+    def residuals(self, w, coefficients):
+        """``(model - target) / peak`` (P, n)."""
+        return (self.models(w, coefficients) - self.target[:, None]) / self.peak
+
+
+def solve_linear_node_kernels(stamps, x, y, *, nodes, fits=True):
+    """`solve_node_kernels` for `LinearStamps`: the same kernels, far faster.
+
+    Parameters
+    ----------
+    stamps : LinearStamps
+        The templates, their weights and the target.
+    x, y : ndarray
+        Node positions, row by row.
+    nodes : tuple of ndarray
+        ``(nodes_x, nodes_y)``.
+    fits : bool, optional
+        Also compute each node's model and residual (for the result's
+        candidates); False returns the kernel alone, with empty fits.
+
+    Returns
+    -------
+    solution : SpatialSolution
+    """
+    timings = {}
+    start = time.perf_counter()
+    problem, basis, config = stamps.problem, stamps.basis, stamps.config
+    w = stamps.weights(x, y)
+    matrices, vectors = stamps.normal_equations(w)
+    if basis.kind == "delta-function" and config.use_regularization:
+        operator = regularization_matrix(
+            basis.size, regularization_type=config.regularization_type,
+            stencil=config.central_regularization_stencil,
+            orders=config.forward_regularization_orders,
+            border_penalty=config.regularization_border_penalty)
+        pixels = basis.images.reshape(basis.n_basis, -1)
+        scale = np.trace(matrices, axis1=0, axis2=1).mean() / np.trace(operator)
+        lam = (config.lambda_scaling * scale if config.lambda_type == "relative"
+               else config.lambda_value)
+        matrices = matrices + lam * (pixels @ operator @ pixels.T)[:, :, None]
+        problem.regularization_lambda = float(lam)
+    timings["normal_equations"] = time.perf_counter() - start
+    t0 = time.perf_counter()
+    conditions = _condition_numbers(np.moveaxis(matrices, -1, 0), config.condition_number_type)
+    if config.check_condition_number:
+        limit = config.effective_max_condition_number
+        if np.any(conditions > limit):
+            msg = (f"{int(np.sum(conditions > limit))} of {len(conditions)} kernel nodes have a "
+                   f"normal-matrix condition number above max_condition_number {limit:.3g} "
+                   f"(largest {conditions.max():.3g}); relax max_condition_number or use a "
+                   "smaller kernel_size")
+            raise KernelSolutionError(msg)
+    problem.lambdas = None
+    coefficients = problem.solve_constrained(None, matrices, vectors)
+    timings["node_solve"] = time.perf_counter() - t0
+    kernel = SpatialKernel(basis.images, coefficients, spatial_model="bilinear", nodes=nodes)
+    info = {"regularization_lambda": problem.regularization_lambda,
+            "n_unknowns": int((basis.n_basis - 1) * coefficients.shape[1]),
+            "spatial_condition_number": float(conditions.max()),
+            "solver": "lu per node", "candidate_condition_numbers": conditions,
+            "timings": timings}
+    if not fits:
+        return SpatialSolution(kernel=kernel, fits=[], rejected=np.zeros(0, dtype=bool),
+                               reasons=[], spatial_residuals=None, spatial_residual_max=None,
+                               info=info, basis=basis)
+    models = stamps.models(w, coefficients)
+    residuals = (models - stamps.target[:, None]) / stamps.peak
+    valid = problem.valid
+    shape = (valid, valid)
+    kernels = np.tensordot(coefficients.T, basis.images, axes=(1, 0))
+    maxima = np.abs(residuals).max(axis=0)
+    means, stds = residuals.mean(axis=0), residuals.std(axis=0)
+    node_fits = [CandidateFit(coefficients=coefficients[:, k], kernel=kernels[k],
+                              kernel_sum=float(kernels[k].sum()),
+                              model=models[:, k].reshape(shape),
+                              residual=residuals[:, k].reshape(shape),
+                              residual_mean=float(means[k]), residual_std=float(stds[k]),
+                              residual_max=float(maxima[k]),
+                              condition_number=float(conditions[k]))
+                  for k in range(coefficients.shape[1])]
+    timings["total"] = time.perf_counter() - start
+    return SpatialSolution(kernel=kernel, fits=node_fits,
+                           rejected=np.zeros(len(node_fits), dtype=bool),
+                           reasons=[""] * len(node_fits),
+                           spatial_residuals=np.moveaxis(residuals, -1, 0).reshape(-1, *shape),
+                           spatial_residual_max=maxima, info=info, basis=basis)

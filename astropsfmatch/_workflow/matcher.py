@@ -1,6 +1,7 @@
 """Match an image to a target PSF: `ModelPsfMatcher` and `match_psf`."""
 
 import time
+import warnings
 
 import numpy as np
 
@@ -8,16 +9,27 @@ from .._adapters.nddata import build_matched_ccd, parse_image
 from .._adapters.psf import as_psf
 from .._engine.candidates import Candidate
 from .._engine.convolve import check_convolution_inputs, convolve_checked
-from .._engine.grid import CellGrid
-from .._engine.solve import solve_spatial_kernel
+from .._engine.grid import CellGrid, NodeGrid
+from .._engine.quality import heldout_residuals, linear_quality, linear_residual_max, quality
+from .._engine.solve import (
+    solve_linear_node_kernels,
+    solve_node_kernels,
+    solve_spatial_kernel,
+)
 from .._engine.weights import inverse_variance_weights
 from .._logging import log
 from .._threads import resolve_workers, thread_scope
 from .._validate import check_type, real
 from ..config import MatchConfig
 from . import policy
-from .provenance import MATCH_HISTORY, match_metadata, match_record
-from .result import MatchResult
+from .provenance import (
+    MATCH_HISTORY,
+    match_metadata,
+    match_record,
+    quality_summary,
+    quality_warning,
+)
+from .result import MatchQualityWarning, MatchResult
 
 # the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["ModelPsfMatcher", "match_psf"]
@@ -31,9 +43,10 @@ class _Solved:
     """
 
     def __init__(self, solution, candidates, grid, target_stamp, timings, config,
-                 unit_kernel):
+                 unit_kernel, quality):
         self.solution = solution
         self.unit_kernel = unit_kernel
+        self.quality = quality
         self.candidates = candidates
         self.grid = grid
         self.target_stamp = target_stamp
@@ -55,10 +68,12 @@ class ModelPsfMatcher:
     """Match images to a target PSF with a spatially varying kernel.
 
     The kernel is solved from the two PSF models alone (no stars needed):
-    at the centre of each cell the source PSF and the target PSF are
-    realized as stamps, the Alard-Lupton kernel that turns one into the
-    other is fitted with coefficients that vary smoothly over the image,
-    and the image is convolved exactly with that kernel.
+    the source PSF and the target PSF are realized as stamps where the
+    kernel is fitted (nodes on the PSF model's own node lines, or one
+    candidate per cell for the reference's polynomial model), the kernel
+    that turns one into the other is fitted there (with a basis chosen from
+    the two PSFs by default), its quality is measured at held-out positions
+    where it was not fitted, and the image is convolved exactly with it.
 
     Parameters
     ----------
@@ -80,8 +95,10 @@ class ModelPsfMatcher:
     ...                        source_psf=CircularGaussianPRF(fwhm=3.0))
     >>> result.matched.shape, round(result.kernel.kernel_sum, 6)
     ((256, 256), 1.0)
-    >>> result.metadata['candidates']
-    {'total': 16, 'used': 16, 'rejected': 0}
+    >>> result.metadata['candidates']   # a constant PSF: one kernel, at one node
+    {'total': 1, 'used': 1, 'rejected': 0}
+    >>> result.metadata['quality']['passed']
+    True
     """
 
     def __init__(self, config=None, **options):
@@ -108,30 +125,28 @@ class ModelPsfMatcher:
         """`solve` inside the caller's thread scope."""
         timings = {}
         t0 = time.perf_counter()
-        config = self.config
-        source = as_psf(source_psf, name="source_psf", psf_size=config.psf_size)
-        target = as_psf(target_psf, name="target_psf", psf_size=config.psf_size)
-        grid = CellGrid(shape, config.cell_size, grow=config.grow_cells)
-        config = policy.fit_order_to_grid(config, grid, stacklevel=5)
-        x, y = grid.positions()
-        basis = policy.choose_basis(config, source, target, grid)
-        size = policy.stamp_size(source, x, y, basis.size, config)
-        sources = source.stamps(x, y, size)
-        targets = target.stamps(x, y, size)
+        source = as_psf(source_psf, name="source_psf", psf_size=self.config.psf_size)
+        target = as_psf(target_psf, name="target_psf", psf_size=self.config.psf_size)
+        policy.check_shape(shape, self.config)
+        policy.warn_if_outside_grid(source, shape, stacklevel=5)
+        config, choice = policy.resolve_basis(self.config, source, target, shape)
+        prefit = choice.pop("fit", None)
+        auto = self.config.kernel_basis == "auto"
+        timings["basis_choice"] = time.perf_counter() - t0
+        if policy.spatial_model(config) == "bilinear":
+            config = config.replace(spatial_model="bilinear")
+            fit = self._solve_nodes(shape, source, target, config, auto, timings, prefit)
+        else:
+            fit = self._solve_cells(shape, source, target, config, auto, timings)
+        config, grid, sources, targets, unit, verdict = fit
+        verdict["basis_choice"] = choice
+
+        size = sources.shape[-1]
         centre = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
         target_stamp = target.stamps(np.array([centre[0]]), np.array([centre[1]]), size)[0]
-        timings["psf_realization"] = time.perf_counter() - t0
-        policy.warn_if_deconvolving(sources, targets, stacklevel=5)
-        log.debug(f"{grid.n_candidates} candidates, PSF stamps {size}x{size}, "
-                  f"{basis.n_basis} basis functions of {basis.size}x{basis.size}")
-
-        t0 = time.perf_counter()
-        # solved for a unit-sum kernel, which the image is convolved with; the
-        # kernel sum is applied once, here, to the kernel that is returned
-        unit = solve_spatial_kernel(sources, targets, x, y, basis=basis, config=config,
-                                    bbox=grid.bbox)
+        # the kernel sum is applied once, here, to the kernel that is returned
         solution = unit.scaled(kernel_sum)
-        timings["kernel_solution"] = time.perf_counter() - t0
+        x, y = grid.positions()
         index = [(iy, ix) for iy in range(grid.n_cells[0]) for ix in range(grid.n_cells[1])]
         candidates = [
             Candidate(index=(iy, ix), x=float(x[k]), y=float(y[k]), source=sources[k],
@@ -140,7 +155,106 @@ class ModelPsfMatcher:
                       spatial_residual=solution.spatial_residuals[k],
                       spatial_residual_max=float(solution.spatial_residual_max[k]))
             for k, (iy, ix) in enumerate(index)]
-        return _Solved(solution, candidates, grid, target_stamp, timings, config, unit.kernel)
+        return _Solved(solution, candidates, grid, target_stamp, timings, config, unit.kernel,
+                       verdict)
+
+    def _solve_cells(self, shape, source, target, config, auto, timings):
+        """The reference's model: one candidate per cell and a global polynomial."""
+        t0 = time.perf_counter()
+        grid = CellGrid(shape, config.cell_size, grow=config.grow_cells)
+        config = policy.fit_order_to_grid(config, grid, stacklevel=6)
+        x, y = grid.positions()
+        basis = policy.choose_basis(config, source, target, grid)
+        size = policy.stamp_size(source, x, y, basis.size, config, auto=auto)
+        sources = source.stamps(x, y, size)
+        targets = target.stamps(x, y, size)
+        timings["psf_realization"] = time.perf_counter() - t0
+        policy.warn_if_deconvolving(sources, targets, stacklevel=6)
+        t0 = time.perf_counter()
+        unit = solve_spatial_kernel(sources, targets, x, y, basis=basis, config=config,
+                                    bbox=grid.bbox)
+        timings["kernel_solution"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x_h, y_h = policy.heldout_xy(shape, size, config, len(x))
+        verdict = quality(unit.kernel, x_h, y_h, source.stamps(x_h, y_h, size),
+                          target.stamps(x_h, y_h, size))
+        timings["quality"] = time.perf_counter() - t0
+        return config.replace(stamp_size=size), grid, sources, targets, unit, verdict
+
+    def _solve_nodes(self, shape, source, target, config, auto, timings, prefit=None):
+        """Kernels at nodes along the PSF model's own node lines, interpolated bilinearly.
+
+        The node lines are subdivided level by level (`policy.node_levels`)
+        until the residual at held-out positions stops improving; stamps that
+        are convex combinations of templates (`LinearStamps`) are fitted
+        without convolving each of them.
+        """
+        t0 = time.perf_counter()
+        basis = policy.choose_basis(config, source, target, None, shape=shape)
+        levels = policy.node_levels(source, shape, basis.size, config)
+        factors = policy.node_factors(config, len(levels))
+        x_c, y_c = levels[0][0][[0]], levels[0][1][[0]]
+        size = policy.stamp_size(source, x_c, y_c, basis.size, config, auto=auto)
+        finest = levels[-1][0].size * levels[-1][1].size
+        x_h, y_h = policy.heldout_xy(shape, size, config, finest)
+        linear = policy.linear_stamps(source, target, size, basis, config)
+        timings["psf_realization"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        tried, best = [], None
+        for factor, (nodes_x, nodes_y) in zip(factors, levels, strict=True):
+            grid = NodeGrid(shape, nodes_x, nodes_y)
+            x, y = grid.positions()
+            if prefit is not None and len(levels) == 1 and source.constant:
+                # the constant PSF's one node was solved when the basis was chosen
+                _, sources, targets, unit = prefit
+            elif linear is not None:
+                # the node fits (models, residuals) are computed for the chosen level only
+                unit = solve_linear_node_kernels(linear, x, y, nodes=(nodes_x, nodes_y),
+                                                 fits=len(levels) == 1)
+                sources, targets = None, None
+            else:
+                sources, targets = source.stamps(x, y, size), target.stamps(x, y, size)
+                unit = solve_node_kernels(sources, targets, basis=basis, config=config,
+                                          nodes=(nodes_x, nodes_y))
+            residual = np.nan
+            if len(levels) > 1:
+                # the levels are compared on the first held-out positions
+                n_compare = min(len(x_h), policy.REFINE_POSITIONS)
+                x_r, y_r = x_h[:n_compare], y_h[:n_compare]
+                residual = (linear_residual_max(unit.kernel, x_r, y_r, linear)
+                            if linear is not None else float(np.abs(heldout_residuals(
+                                unit.kernel, x_r, y_r, source.stamps(x_r, y_r, size),
+                                target.stamps(x_r, y_r, size))[0]).max()))
+            tried.append((factor, grid.n_candidates, residual))
+            level = (residual, factor, grid, sources, targets, unit)
+            if best is not None and not residual < policy.REFINE_IMPROVEMENT * best[0]:
+                best = level if residual < best[0] else best
+                break
+            previous, best = best, level
+            if previous is not None and residual > policy.REFINE_PREDICTED * previous[0]:
+                break  # the next level would gain less than REFINE_IMPROVEMENT
+            if residual <= policy.REFINE_GOOD_ENOUGH * config.max_residual:
+                break  # far below what is asked: finer nodes cost time for nothing visible
+        _, factor, grid, sources, targets, unit = best
+        x, y = grid.positions()
+        if not unit.fits:  # the chosen level, with its node fits
+            unit = solve_linear_node_kernels(linear, x, y, nodes=(grid.nodes_x, grid.nodes_y))
+        timings["kernel_solution"] = time.perf_counter() - t0
+        timings["refinement"] = tried
+        if sources is None:
+            sources, targets = source.stamps(x, y, size), target.stamps(x, y, size)
+        policy.warn_if_deconvolving(sources, targets, stacklevel=6)
+
+        t0 = time.perf_counter()
+        if linear is not None:
+            verdict = linear_quality(unit.kernel, x_h, y_h, linear)
+        else:
+            verdict = quality(unit.kernel, x_h, y_h, source.stamps(x_h, y_h, size),
+                              target.stamps(x_h, y_h, size))
+        timings["quality"] = time.perf_counter() - t0
+        return (config.replace(node_subdivision=factor, stamp_size=size), grid, sources,
+                targets, unit, verdict)
 
     def match(self, image, target_psf, *, source_psf=None, kernel_sum=1.0, workers=None):
         """Convolve ``image`` so that its PSF becomes ``target_psf`` everywhere.
@@ -196,7 +310,8 @@ class ModelPsfMatcher:
         metadata = match_metadata(solution, solved.candidates, solved.grid,
                                   solved.target_stamp, kernel_sum=kernel_sum,
                                   config=solved.config,
-                                  requested_order=self.config.spatial_order)
+                                  requested_order=self.config.spatial_order,
+                                  quality=solved.quality)
         matched = build_matched_ccd(parsed, convolved, weights,
                                     target_stamp=solved.target_stamp,
                                     record=match_record(metadata, target_psf),
@@ -205,6 +320,10 @@ class ModelPsfMatcher:
         timings["total"] = time.perf_counter() - start
         metadata["timings"] = timings
         kernel = solution.kernel
+        warning = quality_warning(solved.quality, solved.config)
+        if warning is not None:
+            warnings.warn(warning, MatchQualityWarning, stacklevel=2)
+        log.debug(f"match quality: {quality_summary(metadata['quality'])}")
         log.debug(f"matched {parsed.data.shape} image in {timings['total']:.2f} s "
                   f"(kernel {kernel.kernel_size}x{kernel.kernel_size}, "
                   f"condition number {metadata['spatial']['condition_number']:.3g})")

@@ -10,9 +10,11 @@ import warnings
 import numpy as np
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .._engine.basis import build_basis
+from .._engine.basis import alard_lupton_sigmas, build_basis
 from .._engine.grid import psf_stamp_size
-from .._engine.moments import deconvolution_depth
+from .._engine.moments import GAUSSIAN_SIGMA_TO_FWHM, deconvolution_depth, half_max_fwhm
+from .._engine.quality import heldout_positions
+from .._engine.solve import LinearStamps, solve_node_kernels
 from .._logging import log
 
 __all__ = []  # internal to the package: nothing here is public
@@ -22,6 +24,38 @@ MAX_STAMP_PER_KERNEL = 4
 
 #: Second-moment deficit (px²) of the target below which no deconvolution is reported.
 _DECONVOLUTION_TOLERANCE = 0.05
+
+#: Kernel size of an explicit Alard-Lupton basis without a size (the reference's).
+_REFERENCE_KERNEL_SIZE = 21
+
+#: A finer node grid is kept only if it lowers the held-out residual below this
+#: fraction of the coarser one's (bilinear errors fall as the square of the spacing,
+#: so a real gain is a factor ~4 per halving).
+REFINE_IMPROVEMENT = 0.75
+
+#: ... and no finer level is tried once a halving gained less than this factor: with
+#: a residual ``floor + c h**2`` the next halving would then gain less than 25%.
+REFINE_PREDICTED = 0.5
+
+#: ... and none once the held-out residual is below this fraction of ``max_residual``.
+REFINE_GOOD_ENOUGH = 0.01
+
+#: Held-out positions on which the refinement levels are compared (the first ones
+#: of the verdict's held-out set).
+REFINE_POSITIONS = 256
+
+#: Node subdivisions tried by the automatic refinement.
+_FACTORS = (1, 2, 4, 8, 16, 32)
+
+#: The held-out stamps of one match hold at most this many pixels (memory bound).
+_HELDOUT_PIXELS = 8_000_000
+
+#: Fewest held-out positions, and how many per fitted position.
+_MIN_HELDOUT = 64
+_HELDOUT_PER_FIT = 4
+
+#: Image extent beyond a GriddedPSFModel's grid (in grid spacings) that is reported.
+_GRID_COVERAGE_TOLERANCE = 0.5
 
 
 def fit_order_to_grid(config, grid, *, stacklevel=4):
@@ -42,28 +76,40 @@ def fit_order_to_grid(config, grid, *, stacklevel=4):
     return config.replace(spatial_order=possible)
 
 
-def choose_basis(config, source, target, grid):
-    """The kernel basis of a match (`~astropsfmatch._engine.basis.build_basis`).
+def choose_basis(config, source, target, grid, *, shape=None):
+    """The kernel basis of a resolved configuration (`~astropsfmatch._engine.basis.build_basis`).
 
-    With ``scale_by_fwhm`` the widths come from the two PSFs at the image
-    centre.
+    With ``scale_by_fwhm`` the widths are those of the two PSFs at the image
+    centre, measured at half maximum (second moments overestimate winged
+    PSFs: a Moffat of FWHM 3 has a moment FWHM of 5.8).
     """
     if config.kernel_basis == "alard-lupton" and config.scale_by_fwhm:
-        cx = np.array([(grid.shape[1] - 1) / 2.0])
-        cy = np.array([(grid.shape[0] - 1) / 2.0])
-        return build_basis(config, source_fwhm=float(source.fwhm(cx, cy)[0]),
-                           target_fwhm=float(target.fwhm(cx, cy)[0]))
+        source_fwhm, target_fwhm = centre_widths(source, target,
+                                                 grid.shape if shape is None else shape)
+        return build_basis(config, source_fwhm=source_fwhm, target_fwhm=target_fwhm)
+    if config.kernel_size is None:  # an explicit basis with an automatic size
+        source_fwhm, target_fwhm = centre_widths(source, target,
+                                                 grid.shape if shape is None else shape)
+        size = (delta_kernel_size(source_fwhm, target_fwhm)
+                if config.kernel_basis == "delta-function" else _REFERENCE_KERNEL_SIZE)
+        return build_basis(config.replace(kernel_size=size))
     return build_basis(config)
 
 
-def stamp_size(source, x, y, kernel_size, config):
+def stamp_size(source, x, y, kernel_size, config, *, auto=False):
     """Side of the PSF stamps: the source PSF's natural size, padded and capped.
 
     Heavy-winged analytic PSFs (Airy, low-beta Moffat) hold 99.9% of their
     flux only on stamps of hundreds of pixels; the fit needs far less, so
-    stamps are capped at ``MAX_STAMP_PER_KERNEL * kernel_size + 1``.
+    stamps are capped at ``MAX_STAMP_PER_KERNEL * kernel_size + 1``. With
+    the 'auto' basis (``auto=True``) the stamps are `auto_stamp_size`; with an
+    explicit basis they follow the reference's padding options.
     """
     native = source.native_size(x, y)
+    if config.stamp_size is not None:
+        return psf_stamp_size(config.stamp_size, kernel_size, auto_pad_psf=False)
+    if auto:
+        return auto_stamp_size(kernel_size, native)
     largest = MAX_STAMP_PER_KERNEL * kernel_size + 1
     if native > largest:
         log.debug(f"source PSF stamps of {native} px capped at {largest} px")
@@ -88,4 +134,227 @@ def warn_if_deconvolving(sources, targets, *, stacklevel=4):
                f"{depth.max():.3g} px² along some direction): matching there is a "
                "deconvolution, which amplifies noise and leaves residuals; use a broader "
                "target, e.g. from common_target_psf")
+        warnings.warn(msg, AstropyUserWarning, stacklevel=stacklevel)
+
+
+# --------------------------------------------------------------------------- the 'auto' basis
+
+#: The delta-function basis is tried for constant PSFs up to this kernel size
+#: (961 unknowns: one solve per strength of the adaptive regularization).
+MAX_DELTA_KERNEL_SIZE = 31
+
+#: Smallest automatic kernel size of the delta-function basis.
+_MIN_DELTA_KERNEL_SIZE = 11
+
+
+def auto_stamp_size(kernel_size, native):
+    """Stamps of the 'auto' basis: a fit region twice the kernel's side, at least.
+
+    ``3 K - 2`` pixels leave ``2 K - 1`` complete-convolution pixels on a side
+    (41 x 41 for K = 21, where the reference's 31-pixel stamps leave 11 x 11),
+    or the PSF's own extent when larger, up to ``MAX_STAMP_PER_KERNEL K + 1``.
+    """
+    size = max(3 * kernel_size - 2, min(native, MAX_STAMP_PER_KERNEL * kernel_size + 1))
+    return size + 1 - size % 2
+
+
+def centre_widths(source, target, shape):
+    """Half-maximum FWHMs (pixels) of the source PSF at the image centre and of the target."""
+    cx = np.array([(shape[1] - 1) / 2.0])
+    cy = np.array([(shape[0] - 1) / 2.0])
+    size = max(source.native_size(cx, cy), target.native_size(cx, cy), 31)
+    size = min(size, 255) | 1
+    return (float(half_max_fwhm(source.stamps(cx, cy, size))[0]),
+            float(half_max_fwhm(target.stamps(cx, cy, size))[0]))
+
+
+def delta_kernel_size(source_fwhm, target_fwhm):
+    """Automatic kernel size of the delta-function basis, from the two widths."""
+    sigma = np.sqrt(max(target_fwhm**2 - source_fwhm**2, 0.0)) / GAUSSIAN_SIGMA_TO_FWHM
+    half = int(np.ceil(max(5.0 * sigma, 1.5 * target_fwhm)))
+    return max(2 * half + 1, _MIN_DELTA_KERNEL_SIZE)
+
+
+def _alard_lupton_config(config, source_fwhm, target_fwhm):
+    """The resolved configuration of the FWHM-scaled Alard-Lupton basis (reference rule)."""
+    params = alard_lupton_sigmas(
+        source_fwhm, target_fwhm, sigmas=config.alard_sigmas, degrees=config.alard_degrees,
+        min_sigma=config.alard_min_sigma, min_sigma_deconv=config.alard_min_sigma_deconv,
+        gauss_beta=config.alard_gauss_beta, fwhm_scaling=config.kernel_size_fwhm_scaling,
+        kernel_size_min=config.kernel_size_min, kernel_size_max=config.kernel_size_max)
+    size = params.kernel_size if config.kernel_size is None else config.kernel_size
+    return config.replace(kernel_basis="alard-lupton", scale_by_fwhm=False, kernel_size=size,
+                          alard_sigmas=params.sigmas, alard_degrees=params.degrees)
+
+
+def _delta_config(config, size):
+    return config.replace(kernel_basis="delta-function", kernel_size=size,
+                          use_regularization=True, regularization_type="ridge",
+                          lambda_type="adaptive", regularization_border_penalty=0.0,
+                          use_pca_for_spatial_kernel=False)
+
+
+def centre_fit(config, source, target, shape):
+    """A one-node fit of ``config``'s basis at the image centre.
+
+    Returns ``(basis, sources, targets, solution)``; its largest residual is
+    ``solution.spatial_residual_max[0]``. For a constant PSF this is the
+    final kernel, which the matcher reuses.
+    """
+    basis = build_basis(config)
+    cx = np.array([(shape[1] - 1) / 2.0])
+    cy = np.array([(shape[0] - 1) / 2.0])
+    size = auto_stamp_size(basis.size, source.native_size(cx, cy))
+    sources, targets = source.stamps(cx, cy, size), target.stamps(cx, cy, size)
+    solution = solve_node_kernels(sources, targets, basis=basis, config=config,
+                                  nodes=(cx, cy))
+    return basis, sources, targets, solution
+
+
+def resolve_basis(config, source, target, shape):
+    """The configuration that will be run, with the basis of ``kernel_basis='auto'`` chosen.
+
+    Returns ``(config, choice)``: ``choice`` says what was compared. The
+    explicit bases keep the reference meaning of every option and are
+    returned unchanged.
+
+    'auto': the widths are measured at half maximum (not by second moments,
+    which overestimate winged PSFs: a Moffat of FWHM 3 has a moment FWHM of
+    5.8). The FWHM-scaled Alard-Lupton basis (the reference's rule, with a
+    kernel size that follows the widths) serves spatially varying PSFs. For
+    a constant PSF, whose single kernel is cheap to solve, the delta-function
+    basis with the adaptive ridge (noise) regularization is fitted too, at
+    the image centre, and kept when it matches the target more closely: it
+    follows any shape (Airy, comatic, Kolmogorov), where Gaussians times
+    polynomials cannot.
+    """
+    if config.kernel_basis != "auto":
+        return config, {}
+    source_fwhm, target_fwhm = centre_widths(source, target, shape)
+    choice = {"source_fwhm": source_fwhm, "target_fwhm": target_fwhm}
+    al_config = _alard_lupton_config(config, source_fwhm, target_fwhm)
+    if not source.constant:
+        choice["chosen"] = "alard-lupton"
+        return al_config, choice
+    size = config.kernel_size or delta_kernel_size(source_fwhm, target_fwhm)
+    if size > MAX_DELTA_KERNEL_SIZE or size > min(shape) // 3:
+        choice["chosen"] = "alard-lupton"
+        return al_config, choice
+    delta_config = _delta_config(config, size)
+    fits = {"alard-lupton": (al_config, centre_fit(al_config, source, target, shape)),
+            "delta-function": (delta_config, centre_fit(delta_config, source, target, shape))}
+    for kind, (_, fit) in fits.items():
+        choice[f"{kind} residual"] = float(fit[3].spatial_residual_max[0])
+    chosen = ("delta-function" if choice["delta-function residual"]
+              < choice["alard-lupton residual"] else "alard-lupton")
+    choice["chosen"] = chosen
+    chosen_config, fit = fits[chosen]
+    choice["fit"] = fit  # the constant PSF's kernel: the matcher reuses it
+    return chosen_config, choice
+
+
+# --------------------------------------------------------------------------- spatial model
+
+
+def spatial_model(config):
+    """The spatial model a configuration runs: 'auto' is 'bilinear'."""
+    return "bilinear" if config.spatial_model == "auto" else config.spatial_model
+
+
+def node_spacing_floor(config, kernel_size):
+    """Smallest node spacing of the automatic refinement (pixels)."""
+    if config.node_spacing_min is not None:
+        return float(config.node_spacing_min)
+    return float(max(kernel_size // 2, 16))
+
+
+def subdivide(lines, factor):
+    """Node lines with every interval between ``lines`` split into ``factor`` equal parts."""
+    if lines.size == 1 or factor == 1:
+        return np.asarray(lines, dtype=float)
+    parts = [np.linspace(a, b, factor + 1)[:-1] for a, b in zip(lines[:-1], lines[1:],
+                                                                 strict=True)]
+    return np.concatenate([*parts, lines[-1:]])
+
+
+def node_factors(config, n_levels):
+    """The subdivision factors of the levels `node_levels` returns."""
+    if config.node_subdivision is not None:
+        return [config.node_subdivision]
+    return list(_FACTORS[:n_levels])
+
+
+def node_levels(source, shape, kernel_size, config):
+    """Node lines ``(xs, ys)`` of each refinement level, coarsest first.
+
+    A constant PSF has one node, at the image centre. A varying PSF starts
+    from its own node lines (`PSFAdapter.node_lines`): a `GriddedPSFModel`'s
+    grid, else three lines per axis; each level doubles the subdivision
+    while the spacing stays above `node_spacing_floor`, or uses
+    ``node_subdivision`` alone when it is given.
+    """
+    base = source.node_lines(shape)
+    if base is None:
+        return [(np.array([(shape[1] - 1) / 2.0]), np.array([(shape[0] - 1) / 2.0]))]
+    if config.node_subdivision is not None:
+        return [tuple(subdivide(lines, config.node_subdivision) for lines in base)]
+    floor = node_spacing_floor(config, kernel_size)
+    levels = []
+    for factor in _FACTORS:
+        nodes = tuple(subdivide(lines, factor) for lines in base)
+        spacing = min(np.diff(n).min() if n.size > 1 else np.inf for n in nodes)
+        if levels and spacing < floor:
+            break
+        levels.append(nodes)
+    return levels
+
+
+def heldout_xy(shape, size, config, n_fit):
+    """Held-out positions: at least ``4 n_fit`` (64 at least), at most
+    ``config.heldout_positions`` and what the memory bound on their stamps allows.
+    """
+    count = max(_MIN_HELDOUT, _HELDOUT_PER_FIT * n_fit)
+    count = min(count, config.heldout_positions, max(_HELDOUT_PIXELS // (size * size), 16))
+    return heldout_positions(shape, count)
+
+
+def linear_stamps(source, target, size, basis, config):
+    """`LinearStamps` of the source templates and the constant target, or None.
+
+    None when the source PSF does not decompose into templates, the target
+    varies, or the adaptive regularization needs every stamp's convolutions.
+    """
+    if not target.constant or (config.lambda_type == "adaptive"
+                               and basis.kind == "delta-function"
+                               and config.use_regularization):
+        return None
+    components = source.linear_components(size)
+    if components is None:
+        return None
+    templates, weights = components
+    centre = target.stamps(np.zeros(1), np.zeros(1), size)[0]
+    return LinearStamps(templates, weights, centre, basis=basis, config=config)
+
+
+def check_shape(shape, config):
+    """Refuse, before any work, an image too small for the kernel."""
+    size = config.kernel_size
+    if size is not None and (shape[0] < size or shape[1] < size):
+        msg = (f"the image of shape {tuple(shape)} is smaller than the kernel "
+               f"(kernel_size={size}): use a smaller kernel_size")
+        raise ValueError(msg)
+
+
+def warn_if_outside_grid(source, shape, *, stacklevel=4):
+    """Warn when the image extends well beyond a GriddedPSFModel's grid (extrapolated PSF)."""
+    coverage = getattr(source, "coverage", None)
+    if coverage is None or source.constant:
+        return
+    beyond, spacing = coverage(shape), source.grid_spacing()
+    far = [b for b, d in zip(beyond, spacing, strict=True)
+           if b > _GRID_COVERAGE_TOLERANCE * min(d, max(shape))]
+    if far:
+        msg = (f"source_psf: the image extends up to {max(beyond):.0f} px beyond the ePSF "
+               "grid of the GriddedPSFModel, where photutils holds the edge ePSFs constant "
+               "(an extrapolation): the match there is only as good as that assumption")
         warnings.warn(msg, AstropyUserWarning, stacklevel=stacklevel)

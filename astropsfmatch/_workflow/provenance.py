@@ -31,20 +31,29 @@ def summary(values):
 
 
 def match_metadata(solution, candidates, grid, target_stamp, *, kernel_sum, config,
-                   requested_order):
+                   requested_order, quality):
     """The ``metadata`` dictionary of a `MatchResult` (timings are added by the matcher)."""
     used = [c for c in candidates if not c.rejected]
     kernel = solution.kernel
+    spatial = {"model": kernel.spatial_model,
+               "order": kernel.spatial_order,
+               "requested_order": requested_order,
+               "n_terms": kernel.n_terms,
+               "n_unknowns": solution.info["n_unknowns"],
+               "condition_number": solution.info["spatial_condition_number"],
+               "solver": solution.info["solver"]}
+    if kernel.nodes is not None:
+        spatial["nodes"] = (kernel.nodes[1].size, kernel.nodes[0].size)
+        spatial["node_subdivision"] = config.node_subdivision
+    verdict = {key: value for key, value in quality.items()
+               if key != "residual_max_per_position"}
+    verdict["max_residual"] = config.max_residual
+    verdict["passed"] = bool(verdict["heldout_residual_max"] <= config.max_residual)
     return {
         "version": __version__,
         "basis": solution.basis.describe(),
-        "spatial": {"model": kernel.spatial_model,
-                    "order": kernel.spatial_order,
-                    "requested_order": requested_order,
-                    "n_terms": kernel.n_terms,
-                    "n_unknowns": solution.info["n_unknowns"],
-                    "condition_number": solution.info["spatial_condition_number"],
-                    "solver": solution.info["solver"]},
+        "spatial": spatial,
+        "quality": verdict,
         "kernel_sum": float(kernel_sum),
         "psf_stamp_size": int(target_stamp.shape[0]),
         "grid": {"n_cells": grid.n_cells, "cell_size": grid.cell_size},
@@ -77,13 +86,23 @@ def match_record(metadata, target_psf):
         "PSFMBAS": (basis["kind"], "kernel basis"),
         "PSFMNBAS": (basis["n_basis"], "number of basis functions"),
         "PSFMSPM": (metadata["spatial"]["model"], "spatial model"),
-        "PSFMSPO": (metadata["spatial"]["order"], "spatial order"),
+        "PSFMSPO": (-1 if metadata["spatial"]["order"] is None else metadata["spatial"]["order"],
+                    "spatial order (-1: bilinear nodes)"),
         "PSFMKSUM": (metadata["kernel_sum"], "kernel sum (convolution normalized by it)"),
         "PSFMCOND": (float(metadata["spatial"]["condition_number"]),
                      "spatial condition number"),
         "PSFMNCND": (metadata["candidates"]["used"], "kernel candidates used"),
         "PSFMRMAX": (metadata["spatial_residuals"]["max"],
                      "max candidate residual / target peak"),
+        "PSFMQHMX": (metadata["quality"]["heldout_residual_max"],
+                     "max held-out residual / target peak"),
+        "PSFMQHRM": (metadata["quality"]["heldout_residual_rms"],
+                     "rms held-out residual / target peak"),
+        "PSFMQFWD": (metadata["quality"]["fwhm_deviation_max"],
+                     "max |FWHM(matched) / FWHM(target) - 1|"),
+        "PSFMQELL": (metadata["quality"]["ellipticity_max"], "max ellipticity of matched PSF"),
+        "PSFMQNG": (metadata["quality"]["noise_gain"], "noise gain sqrt(sum K^2), max"),
+        "PSFMQOK": (metadata["quality"]["passed"], "held-out residual <= max_residual"),
     }
 
 
@@ -100,3 +119,34 @@ def coadd_record(*, n_inputs, combine, weights, reproject_name, target):
     if target is not None:
         record["PSFMTPSF"] = (target, "target PSF of the matched images")
     return record
+
+
+def quality_summary(quality):
+    """One line saying how good a match is, for logs and the command line."""
+    return (f"held-out residual max {quality['heldout_residual_max']:.2g} "
+            f"(rms {quality['heldout_residual_rms']:.2g}) of the target peak at "
+            f"{quality['n_heldout']} positions, FWHM within "
+            f"{100 * quality['fwhm_deviation_max']:.2g}% of the target, ellipticity "
+            f"<= {quality['ellipticity_max']:.2g}, noise gain {quality['noise_gain']:.3g} "
+            f"(a Gaussian kernel: {quality['noise_gain_gaussian']:.3g})")
+
+
+def quality_warning(quality, config):
+    """The message of a `MatchQualityWarning`, or None when the match passed."""
+    worst = quality["heldout_residual_max"]
+    if worst <= config.max_residual:
+        return None
+    remedies = []
+    choice = quality.get("basis_choice", {})
+    source_fwhm, target_fwhm = choice.get("source_fwhm"), choice.get("target_fwhm")
+    if source_fwhm is not None and target_fwhm is not None and target_fwhm <= source_fwhm:
+        remedies.append("a broader target (e.g. common_target_psf)")
+    if config.kernel_basis == "alard-lupton" and not config.scale_by_fwhm:
+        remedies.append("scale_by_fwhm=True or kernel_basis='auto'")
+    remedies.append("a larger kernel_size (or None, which follows the PSF widths)")
+    if config.spatial_model in ("chebyshev1", "polynomial"):
+        remedies.append("spatial_model='bilinear'")
+    x, y = quality["worst_position"]
+    return (f"the match does not reach its target: held-out residual {worst:.3g} of the "
+            f"target peak (worst at x={x:.0f}, y={y:.0f}) exceeds max_residual "
+            f"{config.max_residual:g}; try " + ", ".join(remedies))

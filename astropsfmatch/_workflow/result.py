@@ -3,13 +3,23 @@
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .._engine.basis import KernelBasis
 from .._engine.grid import CellGrid
 from ..config import MatchConfig
 
 # the public names of this module, re-exported by astropsfmatch/__init__.py
-__all__ = ["MatchResult"]
+__all__ = ["MatchQualityWarning", "MatchResult"]
+
+
+class MatchQualityWarning(AstropyUserWarning):
+    """A match did not reach its target: the held-out residual is above ``max_residual``.
+
+    The result is returned (and can be inspected), but the matched image's
+    PSF is not the target to the accuracy asked for; the command line exits
+    with status 3 and writes nothing.
+    """
 
 
 @dataclass
@@ -31,7 +41,11 @@ class MatchResult:
         and the residual of the spatial kernel there.
     metadata : dict
         Basis, spatial solution and condition number, kernel sum, candidate
-        counts, residual statistics and timings of each stage.
+        counts, residual statistics, timings of each stage, and ``quality``:
+        the verdict at held-out positions, where the kernel was not fitted
+        (``heldout_residual_max``, ``heldout_residual_rms``,
+        ``fwhm_deviation_max``, ``ellipticity_max``, ``noise_gain``,
+        ``noise_gain_gaussian``, ``passed``; see the user guide).
     weights : ndarray or None
         Inverse-variance weights (0 where masked), for
         ``reproject_and_coadd(..., input_weights=...)``; None without an
