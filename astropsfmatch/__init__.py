@@ -13,8 +13,9 @@ laid out by layer, each importing only the layers below it::
     cli, demo, diagnostics                 public modules (the command, data, figures)
     _workflow/   matcher, result, policy,  what users run: one match, its result and
                  provenance, target, many, record, a common target, many exposures,
-                 coadd                     their coaddition
-    _adapters/   psf, nddata, files        PSF inputs, images in and out, files on disk
+                 coadd, stars              their coaddition, PSFs from the image's stars
+    _adapters/   psf, psfex, nddata, files PSF inputs (and PSFEx files), images in and out,
+                                           files on disk
     _engine/     basis, grid, candidates,  the array engine: no astropy.nddata, no
                  spatial, kernel, solve,   photutils, no workflow
                  convolve, weights, moments
@@ -27,6 +28,7 @@ laid out by layer, each importing only the layers below it::
 
 from ._about import __version__  # noqa: F401 - the version, not in __all__
 from ._adapters.psf import realize_psf
+from ._adapters.psfex import PSFExPSF
 from ._engine.basis import (
     AlardLuptonParameters,
     alard_lupton_sigmas,
@@ -44,10 +46,19 @@ from ._workflow.coadd import coadd
 from ._workflow.many import ManyResult, match_many
 from ._workflow.matcher import ModelPsfMatcher, match_psf
 from ._workflow.result import MatchQualityWarning, MatchResult
+from ._workflow.stars import (
+    STAR_FLAGS,
+    PSFEstimate,
+    StarCheck,
+    estimate_psf,
+    find_stars,
+    star_check,
+)
 from ._workflow.target import CommonTarget, common_target_psf
 from .config import MatchConfig
 
 __all__ = [
+    "STAR_FLAGS",
     "AlardLuptonParameters",
     "Candidate",
     "CandidateFit",
@@ -60,15 +71,21 @@ __all__ = [
     "MatchQualityWarning",
     "MatchResult",
     "ModelPsfMatcher",
+    "PSFEstimate",
+    "PSFExPSF",
     "SpatialKernel",
+    "StarCheck",
     "alard_lupton_sigmas",
     "coadd",
     "common_target_psf",
     "convolve_spatially_varying",
+    "estimate_psf",
+    "find_stars",
     "inverse_variance_weights",
     "make_alard_lupton_basis",
     "make_delta_function_basis",
     "match_many",
     "match_psf",
     "realize_psf",
+    "star_check",
 ]

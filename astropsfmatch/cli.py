@@ -119,6 +119,9 @@ def parse_psf_spec(spec):
             limit = "> 1" if name == "beta" else "> 0"
             msg = f"{name} must be a finite number {limit} in {spec!r}, got {text.strip()!r}"
             raise ValueError(msg)
+        if name in values:
+            msg = f"parameter {name!r} given twice in {spec!r}"
+            raise ValueError(msg)
         values[name] = value
     widths = [name for name in ("fwhm", "sigma", "alpha") if name in values]
     if len(widths) != 1:
@@ -141,8 +144,14 @@ def _looks_like_spec(text):
     return bool(colon) and len(kind) > 1 and kind.isalpha()
 
 
+#: The ``--source-psf`` value that estimates the PSF from the image's own stars.
+_FROM_STARS = "stars"
+
+
 def _psf_argument(text):
-    """argparse type of the PSF options: an analytic model for a spec, else a Path."""
+    """argparse type of the PSF options: an analytic model for a spec, 'stars', else a Path."""
+    if text.strip().lower() == _FROM_STARS and not Path(text).exists():
+        return _FROM_STARS
     if _looks_like_spec(text) and not Path(text).exists():
         try:
             return parse_psf_spec(text)
@@ -156,24 +165,41 @@ def _psf_argument(text):
     return Path(text)
 
 
-def _read_psf_file(path, option):
-    """A PSF from a FITS file: a PSFIMAGE extension, a 2-D image, or a GriddedPSFModel grid."""
+def _read_psf_file(path, option, oversampling=None):
+    """A PSF from a file, and what it is: ``(psf, description)``.
+
+    Recognized, in this order: a PSFEx ``.psf`` model (a ``PSF_DATA`` table);
+    the ``PSFIMAGE`` extension of a matched (or CCDData) file; a 3-D PSF grid
+    that photutils' ``GriddedPSFModel.read`` reads (STDPSF, STPSF/WebbPSF); a
+    2-D PSF image, oversampled by ``oversampling`` or by its ``OVERSAMP``
+    keyword (STPSF/WebbPSF, photutils ePSFs saved with it), else pixel-sampled.
+    """
     from astropy.io import fits
 
     from ._adapters.psf import as_psf
+    from ._adapters.psfex import PSFExPSF
 
     _require_file(path, option)
     try:
         with fits.open(path) as hdus:
+            tables = [hdu for hdu in hdus if isinstance(hdu, fits.BinTableHDU)
+                      and "PSF_MASK" in hdu.columns.names]
+            if tables:
+                model = PSFExPSF.read(hdus, hdu=tables[0].name or 1)
+                degree = model.poldeg if model.context else 0
+                return model, (f"PSFEx model {path.name} (polynomial degree {degree}, "
+                               f"PSF_SAMP {model.psf_samp:g})")
             if "PSFIMAGE" in hdus:
-                data = hdus["PSFIMAGE"].data
+                data, header = hdus["PSFIMAGE"].data, hdus["PSFIMAGE"].header
             else:
-                data = next((hdu.data for hdu in hdus
-                             if getattr(hdu, "data", None) is not None
-                             and getattr(hdu, "is_image", False)), None)
+                image = next((hdu for hdu in hdus if getattr(hdu, "is_image", False)
+                              and hdu.data is not None), None)
+                data = None if image is None else image.data
+                header = None if image is None else image.header
             data = None if data is None else np.array(data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CommandError(f"{option} {path}: cannot read as FITS: {_one_line(exc)}") from exc
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CommandError(f"{option} {path}: cannot read as FITS (a PSF file): "
+                           f"{_one_line(exc)}") from exc
     if data is None:
         raise CommandError(f"{option} {path}: the file holds no image")
     if data.ndim == 3:
@@ -185,18 +211,37 @@ def _read_psf_file(path, option):
             msg = (f"{option} {path}: a 3-D PSF must be a PSF grid readable by photutils "
                    f"GriddedPSFModel.read (STDPSF or WebbPSF format): {_one_line(exc)}")
             raise CommandError(msg) from exc
-        return model
+        return model, (f"PSF grid {path.name} ({len(model.data)} ePSFs, oversampling "
+                       f"{_format_pair(model.oversampling)})")
+    if oversampling is None and header is not None and "OVERSAMP" in header:
+        oversampling = header["OVERSAMP"]
+    if oversampling is not None and float(oversampling) != 1:
+        from photutils.psf import ImagePSF
+
+        try:
+            model = ImagePSF(data.astype(np.float64), oversampling=int(oversampling))
+            as_psf(model, name=f"{option} {path}")
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"{option} {path}: {_one_line(exc)}") from exc
+        return model, (f"{data.shape[0]}x{data.shape[1]} image {path.name}, oversampled "
+                       f"{oversampling}x")
     try:
         as_psf(data, name=f"{option} {path}")
     except (TypeError, ValueError) as exc:
         raise CommandError(_one_line(exc)) from exc
-    return data.astype(np.float64)
+    return data.astype(np.float64), f"{data.shape[0]}x{data.shape[1]} image {path.name}"
 
 
-def _resolve_psf(value, option):
+def _format_pair(value):
+    values = np.atleast_1d(value)
+    return f"{values[0]:g}" if np.all(values == values[0]) else "x".join(f"{v:g}" for v in values)
+
+
+def _resolve_psf(value, option, oversampling=None):
+    """``(psf, description)`` of a PSF option: a file's PSF or an analytic spec's model."""
     if isinstance(value, Path):
-        return _read_psf_file(value, option)
-    return value
+        return _read_psf_file(value, option, oversampling)
+    return value, _describe_psf(value)
 
 
 def _describe_psf(model):
@@ -230,6 +275,9 @@ def _check_outputs(paths, overwrite):
         seen.add(resolved)
         if path.is_dir():
             raise CommandError(f"{option}: {path} is a directory")
+        if path.exists() and not path.is_file():
+            # a FIFO, a device, a socket: renaming over it would not write a file there
+            raise CommandError(f"{option}: {path} exists and is not a regular file")
         if path.exists() and not overwrite:
             raise CommandError(f"{option}: {path} already exists (use --overwrite to replace it)")
         parent = path.parent
@@ -293,6 +341,21 @@ def _write_weights(result, path):
     write_hdulist(fits.HDUList([fits.PrimaryHDU(hdu.data, header=hdu.header)]), path)
 
 
+def _write_psf_grid(model, path):
+    """A GriddedPSFModel as a PSF grid file that GriddedPSFModel.read reads (STPSF/WebbPSF)."""
+    from astropy.io import fits
+
+    from ._adapters.files import write_hdulist
+
+    header = fits.Header()
+    header["OVERSAMP"] = (int(np.atleast_1d(model.oversampling)[0]), "oversampling factor")
+    header["NUM_PSFS"] = (len(model.data), "number of ePSFs")
+    for k, (x, y) in enumerate(np.asarray(model.grid_xypos)):
+        # photutils reads DET_YXn as "(x, y)" in 0-based detector pixels
+        header[f"DET_YX{k}"] = (str((float(x), float(y))), "ePSF position (x, y)")
+    write_hdulist(fits.HDUList([fits.PrimaryHDU(np.asarray(model.data), header=header)]), path)
+
+
 def _write_kernel(kernel, path):
     from ._adapters.files import write_hdulist
 
@@ -325,6 +388,16 @@ def _positive_odd(text):
     return value
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _non_negative_int(text):
     try:
         value = int(text)
@@ -352,8 +425,10 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    # a subnormal number has lost its precision: 1e-320 is not a usable scale
+    if not (math.isfinite(value) and value >= sys.float_info.min):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0 (and >= {sys.float_info.min:.3g}), got {text!r}")
     return value
 
 
@@ -405,9 +480,17 @@ def _build_parser():
                        help=("target PSF: a FITS file (its PSFIMAGE extension, else its first "
                              "image; odd-sized) or a spec such as gaussian:fwhm=4.5"))
     match.add_argument("-s", "--source-psf", type=_psf_argument, metavar="PSF",
-                       help=("PSF of SCIENCE if it has no PSFIMAGE extension: a FITS image, "
-                             "a PSF grid readable by photutils GriddedPSFModel.read (STDPSF, "
-                             "WebbPSF), or a spec"))
+                       help=("PSF of SCIENCE if it has no PSFIMAGE extension: a PSFEx .psf "
+                             "file, a PSF grid readable by photutils GriddedPSFModel.read "
+                             "(STDPSF, STPSF/WebbPSF), a PSF image (oversampled: see "
+                             "--psf-oversampling), a spec, or 'stars' to estimate it from the "
+                             "image's own stars"))
+    match.add_argument("--hdu", type=_hdu_argument, metavar="N|NAME[,VER]",
+                       help=("HDU of SCIENCE holding the image (default: the first with a 2-D "
+                             "image, tile-compressed ones included), e.g. 1 or SCI,1"))
+    match.add_argument("--psf-oversampling", type=_positive_int, metavar="N",
+                       help=("oversampling of a --source-psf image file (default: its OVERSAMP "
+                             "keyword, else 1)"))
     match.add_argument("--unit", type=_unit, metavar="UNIT",
                        help=("unit of SCIENCE when its header has no BUNIT (default: BUNIT, "
                              "else adu); overrides BUNIT when given"))
@@ -516,25 +599,86 @@ def _match_config(args, parser):
 # --------------------------------------------------------------------------- match
 
 
-def _read_science(path, unit):
+def _hdu_argument(text):
+    """argparse type of ``--hdu``: an index, a name, or ``NAME,VER``."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    name, comma, version = text.partition(",")
+    if not name or (comma and not version.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"must be N, NAME or NAME,VER, got {text!r}")
+    return (name.strip(), int(version)) if comma else name.strip()
+
+
+def _image_hdu(path, hdu):
+    """The HDU of the science image: ``hdu``, else the first one with 2-D image data.
+
+    Tile-compressed images (an empty primary HDU and a ``COMPRESSED_IMAGE``)
+    and multi-extension files then need no option.
+    """
+    from astropy.io import fits
+
+    with fits.open(path) as hdus:
+        if hdu is not None:
+            try:
+                chosen = hdus[hdu]
+            except (KeyError, IndexError) as exc:
+                names = ", ".join(f"{i}:{h.name},{h.ver}" for i, h in enumerate(hdus))
+                raise CommandError(f"--hdu {hdu}: no such HDU in {path} (it has {names})") \
+                    from exc
+            if not getattr(chosen, "is_image", False) or chosen.data is None \
+                    or chosen.data.ndim != 2:
+                raise CommandError(f"--hdu {hdu}: HDU {hdu} of {path} holds no 2-D image")
+            return hdus.index_of(hdu)
+        for index, candidate in enumerate(hdus):
+            if getattr(candidate, "is_image", False) and candidate.header.get("NAXIS") == 2:
+                return index
+    raise CommandError(f"{path}: the image must be 2-D: no HDU holds a 2-D image")
+
+
+def _read_science(path, unit, hdu=None):
     from astropy.io.registry import IORegistryError
     from astropy.nddata import CCDData
 
     _require_file(path, "SCIENCE")
     try:
+        index = _image_hdu(path, hdu)
         try:
-            ccd = CCDData.read(path, unit=unit)
+            ccd = CCDData.read(path, unit=unit, hdu=index)
         except ValueError as exc:
             if unit is not None or "unit" not in str(exc).lower() or "must" not in str(exc):
                 raise
             log.info(f"{path} has no BUNIT: reading it in adu (use --unit to choose)")
-            ccd = CCDData.read(path, unit="adu")
+            ccd = CCDData.read(path, unit="adu", hdu=index)
     except (OSError, ValueError, TypeError, KeyError, IndexError, IORegistryError) as exc:
         raise CommandError(f"cannot read {path} as a FITS image: {_one_line(exc)}") from exc
     if ccd.data is None or ccd.data.ndim != 2:
         shape = None if ccd.data is None else ccd.data.shape
         raise CommandError(f"{path}: the image must be 2-D, got shape {shape}")
     return ccd
+
+
+def _source_from_stars(ccd, path):
+    """The PSF estimated from the image's own stars (``--source-psf stars``)."""
+    from ._workflow.stars import estimate_psf
+
+    try:
+        estimate = estimate_psf(ccd)
+    except ValueError as exc:
+        raise CommandError(f"--source-psf stars: {path}: {_one_line(exc)}") from exc
+    return estimate.psf, f"estimated from the stars: {estimate.message}"
+
+
+def _star_check_line(result, ccd, source):
+    """One line comparing the stars before and after with the models, or None."""
+    try:
+        check = result.star_check(ccd)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        log.debug(f"no star check: {exc}")
+        return None
+    if check.n_stars == 0:
+        return None
+    return check.summary()
 
 
 def _run_match(args, parser):
@@ -557,21 +701,28 @@ def _run_match(args, parser):
     if args.science.resolve() in {p.resolve() for _, p in outputs}:
         raise CommandError(f"--output: {args.output} is the input file")
 
-    target = _resolve_psf(args.target_psf, "--target-psf")
-    ccd = _read_science(args.science, args.unit)
-    if args.source_psf is not None:
-        source = _resolve_psf(args.source_psf, "--source-psf")
+    if args.target_psf == _FROM_STARS:
+        raise CommandError("--target-psf stars: the target PSF must be given (a spec or a file)")
+    target, target_text = _resolve_psf(args.target_psf, "--target-psf")
+    ccd = _read_science(args.science, args.unit, args.hdu)
+    if args.source_psf == _FROM_STARS:
+        source, source_text = _source_from_stars(ccd, args.science)
+    elif args.source_psf is not None:
+        source, source_text = _resolve_psf(args.source_psf, "--source-psf",
+                                           args.psf_oversampling)
     elif ccd.psf is not None:
         source = np.asarray(ccd.psf, dtype=np.float64)
-        log.info(f"source PSF: the PSFIMAGE extension of {args.science}")
+        source_text = f"the PSFIMAGE extension of {args.science.name}"
     else:
-        raise CommandError(f"{args.science} has no PSF (no PSFIMAGE extension): "
-                           "give its PSF with --source-psf")
+        raise CommandError(f"{args.science} has no PSF (no PSFIMAGE extension): give its PSF "
+                           "with --source-psf (a PSFEx .psf file, a PSF grid or image file, "
+                           "a spec, or 'stars' to estimate it from the image)")
+    log.info(f"source PSF: {source_text}")
     if args.weights is not None and ccd.uncertainty is None:
         raise CommandError(f"--weights: {args.science} has no uncertainty (UNCERT extension) "
                            "to weight by")
     log.info(f"matching {args.science} ({ccd.shape[1]}x{ccd.shape[0]}, {ccd.unit}) from "
-             f"{_describe_psf(source)} to {_describe_psf(target)}")
+             f"{source_text} to {target_text}")
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -606,9 +757,13 @@ def _run_match(args, parser):
     finally:
         staging.cleanup()
 
-    print(f"{args.science} -> {args.output}: {_kernel_summary(result)}; "
+    print(f"{args.science} -> {args.output}: source PSF {source_text}; target "
+          f"{target_text}; {_kernel_summary(result)}; "
           f"{quality_summary(result.metadata['quality'])}; "
           f"{time.perf_counter() - start:.1f} s")
+    stars = _star_check_line(result, ccd, source)
+    if stars is not None:
+        print(f"  stars: {stars}")
     return 0
 
 
@@ -645,8 +800,8 @@ def _run_demo(args, parser):
     folder = args.output
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"--output: {folder} exists and is not a directory")
-    names = {"science": "science.fits", "matched": "matched.fits", "weights": "weights.fits",
-             "kernel": "kernel.fits"}
+    names = {"science": "science.fits", "psf": "psf.fits", "matched": "matched.fits",
+             "weights": "weights.fits", "kernel": "kernel.fits"}
     files = {key: folder / name for key, name in names.items()}
     outputs = [("--output", p) for p in files.values()]
     if figures:
@@ -676,6 +831,7 @@ def _run_demo(args, parser):
     staging = _Staging(folder)
     try:
         _write_ccd(demo.ccd, staging.path(files["science"]))
+        _write_psf_grid(demo.psf_model, staging.path(files["psf"]))
         _write_ccd(result.matched, staging.path(files["matched"]), weights=result.weights)
         _write_weights(result, staging.path(files["weights"]))
         _write_kernel(result.kernel, staging.path(files["kernel"]))

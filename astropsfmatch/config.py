@@ -93,8 +93,9 @@ class MatchConfig:
         hold the kernel of a large FWHM jump (3 -> 15 pixels needs 75 pixels:
         8e-3 of the peak with 35, 4e-7 with a size that follows the widths).
     alard_sigmas : sequence of float, optional
-        Widths (pixels, > 0) of the Alard-Lupton Gaussians. Default
-        ``(0.7, 1.5, 3.0)``.
+        Widths (pixels) of the Alard-Lupton Gaussians, all different and
+        >= 0.25 (a narrower Gaussian sampled on pixels is a delta function,
+        whose polynomial multiples vanish). Default ``(0.7, 1.5, 3.0)``.
     alard_degrees : sequence of int, optional
         Polynomial degree (>= 0) multiplying each Gaussian, one per sigma.
         Default ``(4, 2, 2)``, i.e. 15 + 6 + 6 = 27 basis functions.
@@ -262,7 +263,8 @@ class MatchConfig:
     kernel_size_fwhm_scaling: float = _option(6.0, real(gt=0))
     kernel_size_min: int = _option(21, integer(3, odd=True))
     kernel_size_max: int | None = _option(None, optional(integer(3, odd=True)))
-    alard_sigmas: tuple[float, ...] = _option((0.7, 1.5, 3.0), real_tuple(gt=0))
+    alard_sigmas: tuple[float, ...] = _option((0.7, 1.5, 3.0),
+                                              real_tuple(gt=0, ge_each=0.25, distinct=True))
     alard_degrees: tuple[int, ...] = _option((4, 2, 2), integer_tuple(0))
     alard_min_sigma: float = _option(0.7, real(gt=0))
     alard_min_sigma_deconv: float = _option(0.4, real(gt=0))

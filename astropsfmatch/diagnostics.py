@@ -637,6 +637,7 @@ def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100)
     ImportError
         Without matplotlib.
     """
+    dpi = integer(1, maximum=2400)("dpi", dpi)
     directory = Path(directory)
     paths = [directory / name for name in DIAGNOSTIC_FILES.values()]
     if not overwrite:

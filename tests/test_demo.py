@@ -10,7 +10,7 @@ from astropsfmatch.cli import main
 from astropsfmatch.demo import demo_cell_size, demo_psf_fwhm, make_demo_data, measure_fwhm
 from astropsfmatch.diagnostics import DIAGNOSTIC_FILES
 
-FITS_FILES = ["kernel.fits", "matched.fits", "science.fits", "weights.fits"]
+FITS_FILES = ["kernel.fits", "matched.fits", "psf.fits", "science.fits", "weights.fits"]
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ class TestDemoCommand:
         assert main(["demo", "-o", str(folder), "--size", "128", "--no-figures",
                      "--overwrite"]) == 0
         out = capsys.readouterr().out
-        assert "wrote 4 files" in out
+        assert "wrote 5 files" in out
         assert sorted(p.name for p in folder.iterdir()) == sorted(FITS_FILES + ["notes.txt"])
         assert fits.getheader(folder / "matched.fits")["PSFMATCH"] is True
 

@@ -88,6 +88,10 @@ def weights_hdu(weights, ccd):
 def matched_hdulist(ccd, weights=None):
     """The HDU list of a matched exposure (see the module docstring)."""
     hdul = ccd.to_hdu(hdu_mask="MASK", hdu_uncertainty="UNCERT", hdu_psf="PSFIMAGE")
+    if "BUNIT" not in hdul[0].header:
+        # astropy writes no BUNIT for a dimensionless unit, and CCDData.read then
+        # refuses the file: an empty BUNIT reads back as dimensionless
+        hdul[0].header["BUNIT"] = ("", "dimensionless")
     if weights is not None:
         hdul.append(weights_hdu(weights, ccd))
     return hdul

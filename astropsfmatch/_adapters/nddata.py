@@ -4,6 +4,7 @@ mask, WCS, unit, meta with the operation recorded, PSF).
 """
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import astropy.units as u
@@ -16,8 +17,11 @@ from astropy.nddata import (
     StdDevUncertainty,
     VarianceUncertainty,
 )
+from astropy.utils.exceptions import AstropyUserWarning
+from astropy.utils.masked import Masked
 
 from .._engine.weights import inverse_variance_weights
+from .._validate import InvalidTypeError
 
 __all__ = []  # internal to the package: nothing here is public
 
@@ -42,28 +46,159 @@ class ParsedImage:
     psf: object = None
 
 
-def variance_of(uncertainty, shape):
-    """Variance array of an astropy uncertainty, with its class."""
+def variance_of(uncertainty, shape, *, unit=None, name="image.uncertainty", dtype=np.float64):
+    """Variance of an astropy uncertainty in ``unit**2``, with its class.
+
+    In float32 when ``dtype`` is float32 and every variance is a normal
+    float32 number, else in float64 (`scaled_variance` then brings it into
+    the float32 range for the convolution).
+
+    The uncertainty's own unit is honoured: a `~astropy.nddata.StdDevUncertainty`
+    in mJy of an image in Jy is converted. Negative variances (or standard
+    deviations, or inverse variances) are refused.
+
+    Returns
+    -------
+    variance, kind : ndarray or None, type or None
+
+    Raises
+    ------
+    TypeError
+        An unsupported uncertainty class.
+    ValueError
+        A shape that is not the data's, or negative values.
+    astropy.units.UnitsError
+        An uncertainty unit that does not convert to the data's.
+    """
     if uncertainty is None:
         return None, None
     if not isinstance(uncertainty, UNCERTAINTY_KINDS):
-        msg = (f"image.uncertainty must be StdDevUncertainty, VarianceUncertainty or "
+        msg = (f"{name} must be StdDevUncertainty, VarianceUncertainty or "
                f"InverseVariance, got {type(uncertainty).__name__}")
         raise TypeError(msg)
     array = np.asarray(uncertainty.array)
-    array = array.astype(np.result_type(array.dtype, np.float32), copy=False)
+    if array.dtype.kind not in "biuf":
+        msg = f"{name} must hold real numbers, got dtype {array.dtype}"
+        raise TypeError(msg)
     if array.shape != shape:
-        msg = f"image.uncertainty has shape {array.shape}, the data has shape {shape}"
+        msg = f"{name} has shape {array.shape}, the data has shape {shape}"
         raise ValueError(msg)
+    negative = int(np.count_nonzero(array < 0))
+    if negative:
+        msg = (f"{name} holds {negative} negative value(s) ({type(uncertainty).__name__}); "
+               "uncertainties must be >= 0 (mask the pixels instead)")
+        raise ValueError(msg)
+    factor = _unit_factor(uncertainty, unit, name)
+    work = np.float64
+    if np.dtype(dtype) == np.float32 and _float32_safe(array, factor, uncertainty):
+        work = np.float32
+    array = np.asarray(array, dtype=work)
+    factor = work(factor)
     if isinstance(uncertainty, StdDevUncertainty):
-        variance = array**2
+        variance = (array * factor) ** 2
     elif isinstance(uncertainty, VarianceUncertainty):
-        variance = array
+        variance = array * factor
     else:
         with np.errstate(divide="ignore"):
-            variance = np.where(array > 0, 1 / np.where(array > 0, array, 1), np.inf)
-        variance = variance.astype(array.dtype.newbyteorder("="), copy=False)
+            variance = np.where(array > 0, 1 / np.where(array > 0, array * factor, 1), np.inf)
     return variance, type(uncertainty)
+
+
+def _float32_safe(array, factor, uncertainty):
+    """True when every variance of ``array`` is a normal float32 number (or 0, inf, nan)."""
+    finite = array[np.isfinite(array) & (array > 0)]
+    if finite.size == 0:
+        return True
+    low, high = float(finite.min()) * factor, float(finite.max()) * factor
+    if isinstance(uncertainty, StdDevUncertainty):
+        low, high = low**2, high**2
+    elif isinstance(uncertainty, InverseVariance):
+        low, high = 1.0 / high, 1.0 / low
+    info = np.finfo(np.float32)
+    # margins: the convolution sums hundreds of products of the kernel squared
+    return low > float(info.tiny) * 1e6 and high < float(info.max) / 1e6
+
+
+def _unit_factor(uncertainty, unit, name):
+    """Factor taking the uncertainty's values to the data unit (squared for variances)."""
+    own = getattr(uncertainty, "_unit", None)
+    if own is None or unit is None:
+        return 1.0
+    target = {StdDevUncertainty: unit, VarianceUncertainty: unit**2,
+              InverseVariance: unit**-2}[type(uncertainty)]
+    try:
+        return float(u.Unit(own).to(target))
+    except u.UnitConversionError as exc:
+        msg = (f"{name} has unit {u.Unit(own)}, which does not convert to {target} "
+               f"(the data are in {unit})")
+        raise u.UnitsError(msg) from exc
+
+
+#: float32 FFT round-off, relative to the largest value of a tile (measured on star
+#: fields against the float64 path).
+_FLOAT32_FFT_ROUNDOFF = 3e-7
+
+
+def warn_if_dynamic_range(data, mask, dtype, *, stacklevel=2):
+    """Warn when float32 FFT round-off of the brightest pixel exceeds the image's scatter.
+
+    A float32 FFT convolution errs by ~3e-7 of the largest value in a tile: an
+    unmasked outlier of 1e12 on a background of scatter 1 changes thousands of
+    pixels by ~1e5. The image is usable (the outlier's footprint aside), but
+    convert it to float64 or mask the outlier for an exact result.
+    """
+    if np.dtype(dtype) != np.float32:
+        return
+    good = np.isfinite(data) if mask is None else np.isfinite(data) & ~mask
+    values = np.abs(data[good])
+    if values.size < 16:
+        return
+    peak = float(values.max())
+    sample = data[good][:: max(values.size // 100_000, 1)].astype(np.float64)
+    scatter = float(np.median(np.abs(sample - np.median(sample))))
+    if scatter == 0:
+        scatter = float(np.median(np.abs(sample))) or 1.0
+    error = _FLOAT32_FFT_ROUNDOFF * peak
+    if error > 0.1 * scatter:
+        msg = (f"image: float32 data whose largest unmasked value ({peak:.3g}) is "
+               f"{peak / scatter:.3g} times the typical scatter ({scatter:.3g}): the float32 "
+               f"FFT round-off near it (~{error:.2g}) exceeds a tenth of that scatter; mask "
+               "the outlier or convert the image to float64 for an exact result")
+        warnings.warn(msg, AstropyUserWarning, stacklevel=stacklevel)
+
+
+def scaled_variance(variance, dtype):
+    """``(variance / scale, scale)`` in ``dtype``: float32 holds any finite variance.
+
+    The convolution of a float32 image runs in float32, whose normal numbers
+    span 1e-38 to 3e38: a standard deviation of 3e-20 (variance 9e-40) or 1e20
+    would underflow or overflow. Dividing by a power of two near the largest
+    finite variance keeps every value in range; the output is multiplied back
+    in float64 (`unscaled`).
+    """
+    if variance is None:
+        return None, 1.0
+    scale = 1.0
+    if np.dtype(dtype) == np.float32 and variance.dtype != np.float32:
+        finite = variance[np.isfinite(variance) & (variance > 0)]
+        if finite.size:
+            scale = float(2.0 ** np.round(np.log2(finite.max())))
+    with np.errstate(over="ignore", under="ignore"):
+        return (variance / scale).astype(dtype), scale
+
+
+def unscaled(array, scale, dtype):
+    """``array * scale`` in ``dtype`` if it fits there (normal numbers), else in float64."""
+    if array is None:
+        return None
+    out = np.multiply(array, scale, dtype=np.float64)
+    if np.dtype(dtype) == np.float64:
+        return out
+    finite = np.abs(out[np.isfinite(out) & (out != 0)])
+    info = np.finfo(dtype)
+    if finite.size and (finite.max() > info.max / 16 or finite.min() < info.tiny * 16):
+        return out
+    return out.astype(dtype)
 
 
 def parse_image(image, source_psf=None):
@@ -72,7 +207,8 @@ def parse_image(image, source_psf=None):
     Parameters
     ----------
     image : `~astropy.nddata.CCDData`, `~astropy.nddata.NDData` or 2-D array
-        The image to match (a `~numpy.ma.MaskedArray` gives its mask, a
+        The image to match (a `~numpy.ma.MaskedArray` or an astropy
+        `~astropy.utils.masked.Masked` array gives its mask, a
         `~astropy.units.Quantity` its unit).
     source_psf : optional
         Its PSF; when None, ``image.psf`` is used.
@@ -95,12 +231,21 @@ def parse_image(image, source_psf=None):
         uncertainty = image.uncertainty
     elif isinstance(image, np.ndarray | list | tuple) or hasattr(image, "__array__"):
         mask = None
-        if isinstance(image, u.Quantity):
+        if isinstance(image, Masked):
+            data, unit, mask = np.asarray(image.unmasked), None, np.asarray(image.mask)
+            if isinstance(data, u.Quantity):
+                data, unit = data.value, data.unit
+        elif isinstance(image, u.Quantity):
             data, unit = image.value, image.unit
         elif isinstance(image, np.ma.MaskedArray):
             data, unit, mask = image.data, None, np.ma.getmaskarray(image)
         else:
-            data, unit = np.asarray(image), None
+            try:
+                data, unit = np.asarray(image), None
+            except (TypeError, ValueError) as exc:  # e.g. a ragged nested list
+                msg = (f"image must be a 2-D array of real numbers, got "
+                       f"{type(image).__name__}: {exc}")
+                raise InvalidTypeError(msg) from exc
         wcs, meta, psf, uncertainty = None, {}, None, None
     else:
         msg = f"image must be a CCDData, NDData or 2-D array, got {type(image).__name__}"
@@ -113,11 +258,16 @@ def parse_image(image, source_psf=None):
         raise TypeError(msg)
     if mask is not None:
         mask = np.asarray(mask)
+        if mask.dtype.kind not in "biuf":
+            # a string or object array would be "True" everywhere
+            msg = f"image.mask must hold booleans (or 0/1 numbers), got dtype {mask.dtype}"
+            raise InvalidTypeError(msg)
         if mask.shape != data.shape:
             msg = f"image.mask has shape {mask.shape}, the data has shape {data.shape}"
             raise ValueError(msg)
         mask = mask.astype(bool, copy=False)
-    variance, kind = variance_of(uncertainty, data.shape)
+    variance, kind = variance_of(uncertainty, data.shape, unit=unit,
+                                 dtype=np.float32 if data.dtype == np.float32 else np.float64)
     if source_psf is None:
         source_psf = psf
     if source_psf is None:

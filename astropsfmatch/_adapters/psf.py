@@ -26,6 +26,7 @@ from scipy.interpolate import RectBivariateSpline
 from .._engine.grid import resize_stamp
 from .._engine.moments import moment_fwhm
 from .._validate import InvalidTypeError, integer
+from .psfex import PSFExPSF
 
 # the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["realize_psf"]
@@ -170,6 +171,8 @@ def as_psf(psf, *, name="source_psf", psf_size=None):
         psf_size = integer(3, odd=True)("psf_size", psf_size)
     if isinstance(psf, GriddedPSFModel):
         return _GriddedPSF(psf, name)
+    if isinstance(psf, PSFExPSF):
+        return _PSFExAdapter(psf, name)
     if isinstance(psf, Model):
         return _ModelPSF(psf, name, psf_size)
     if isinstance(psf, (np.ndarray, list, tuple)):
@@ -612,6 +615,33 @@ class _GriddedPSF(PSFAdapter):
         if self._fill_value is not None:
             stamps[:, invalid] = self._fill_value
         return _normalize(stamps, self.name, "model")
+
+
+class _PSFExAdapter(PSFAdapter):
+    """A `~astropsfmatch.PSFExPSF`: a polynomial in the image position of fixed images."""
+
+    kind = "psfex"
+
+    def __init__(self, model, name):
+        super().__init__(model, name)
+        self._natural_size = int(model.natural_size)
+        # realize once so that a model that cannot be realized fails here
+        self._stamps(np.zeros(1), np.zeros(1), self._natural_size)
+
+    @property
+    def constant(self):
+        """A PSFEx model without context variables is constant."""
+        return not self.model.context
+
+    def _stamps(self, x, y, size):
+        try:
+            return self.model.stamps(x, y, size)
+        except ValueError as exc:
+            msg = f"{self.name}: {exc}"
+            raise ValueError(msg) from exc
+
+    def linear_components(self, size):
+        return self.model.stamp_components(size)
 
 
 def _bracketing_lines(lines, size):

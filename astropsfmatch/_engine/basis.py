@@ -108,7 +108,13 @@ def renormalize(raw):
         else:
             matrix[i, i] = 1.0
         image = np.tensordot(matrix[i], raw, axes=1)
-        matrix[i] /= np.sqrt(np.sum(image**2))
+        norm = np.sqrt(np.sum(image**2))
+        if not norm > 1e-12 * max(1.0, float(np.abs(matrix[i]).max())):
+            msg = (f"basis function {i} vanishes on the kernel grid (a Gaussian too narrow or "
+                   "too broad for the kernel size, or two equal widths): choose other "
+                   "sigmas or kernel_size")
+            raise ValueError(msg)
+        matrix[i] /= norm
     basis = np.tensordot(matrix, raw, axes=1)
     return matrix, basis
 

@@ -37,6 +37,10 @@ __all__ = ["KernelSolutionError"]
 _REFERENCE = MatchConfig()
 
 
+#: Above this many functions the normal equations are one BLAS product per candidate
+#: (the candidate-vectorized kernel pays off for the small Alard-Lupton bases).
+_LARGE_BASIS = 64
+
 #: Relative strengths tried by ``lambda_type='adaptive'``, weakest first.
 _ADAPTIVE_LAMBDAS = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5)
 
@@ -269,7 +273,7 @@ class _Problem:
         convolved = basis.convolve(self.sources)
         convolved = convolved.reshape(basis.n_basis, self.valid * self.valid, -1)
         n = convolved.shape[2]
-        if 4 * n < basis.n_basis:
+        if 4 * n < basis.n_basis or basis.n_basis > _LARGE_BASIS:
             # few candidates and a large basis: one BLAS product per candidate is faster
             # than the candidate-vectorized kernel, whose inner loop is then short
             matrices = np.empty((basis.n_basis, basis.n_basis, n))
@@ -292,6 +296,7 @@ class _Problem:
                 border_penalty=config.regularization_border_penalty)
             self.penalty = pixels @ operator @ pixels.T
             scale = np.trace(matrices, axis1=0, axis2=1).mean() / np.trace(operator)
+            self.lambda_scale = scale
             if config.lambda_type == "relative":
                 self.lambdas = [config.lambda_scaling * scale]
             elif config.lambda_type == "adaptive":
@@ -332,6 +337,12 @@ class _Problem:
             lambdas = np.where(accept, lam, lambdas)
         self.regularization_lambda = float(lambdas.max())
         return chosen
+
+    @property
+    def relative_lambda(self):
+        """The regularization strength as a multiple of ``tr(M) / tr(H)`` (0 without)."""
+        scale = getattr(self, "lambda_scale", 0.0)
+        return self.regularization_lambda / scale if scale else 0.0
 
     def fit_candidates(self, basis, convolved, matrices, vectors):
         """Unconstrained per-candidate solutions: coefficients (nb, n), kernels, fits."""
@@ -554,6 +565,7 @@ def solve_node_kernels(sources, targets, *, basis, config, nodes):
     timings["total"] = time.perf_counter() - start
     info = {
         "regularization_lambda": problem.regularization_lambda,
+        "relative_lambda": problem.relative_lambda,
         "n_unknowns": int((basis.n_basis - 1) * coefficients.shape[1]),
         "spatial_condition_number": float(conditions.max()),
         "solver": "lu per node",

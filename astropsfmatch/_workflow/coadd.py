@@ -366,6 +366,11 @@ class _Inputs:
             if np.any(weights < 0):
                 msg = f"weights[{index}] must be >= 0, got negative values"
                 raise ValueError(msg)
+            if not np.all(np.isfinite(weights)):
+                bad = int(np.count_nonzero(~np.isfinite(weights)))
+                msg = (f"weights[{index}] must be finite, got {bad} non-finite value(s) "
+                       "(give 0 for pixels to leave out)")
+                raise ValueError(msg)
         return image, weights
 
     def scan(self):
@@ -413,7 +418,8 @@ class _Inputs:
             invalid |= np.asarray(image.mask, dtype=bool)
         variance = None
         if image.uncertainty is not None:
-            variance, _ = variance_of(image.uncertainty, data.shape)
+            variance, _ = variance_of(image.uncertainty, data.shape, unit=image.unit,
+                                      name=f"matched[{index}].uncertainty")
             variance = np.asarray(variance, dtype=np.float64) * factor**2
         if self.mode == "inverse-variance":
             if weights is not None:  # stored with the match (MatchResult, WEIGHTS extension)

@@ -1,11 +1,18 @@
 """Match an image to a target PSF: `ModelPsfMatcher` and `match_psf`."""
 
+import dataclasses
 import time
 import warnings
 
 import numpy as np
 
-from .._adapters.nddata import build_matched_ccd, parse_image
+from .._adapters.nddata import (
+    build_matched_ccd,
+    parse_image,
+    scaled_variance,
+    unscaled,
+    warn_if_dynamic_range,
+)
 from .._adapters.psf import as_psf
 from .._engine.candidates import Candidate
 from .._engine.convolve import check_convolution_inputs, convolve_checked
@@ -19,7 +26,7 @@ from .._engine.solve import (
 from .._engine.weights import inverse_variance_weights
 from .._logging import log
 from .._threads import resolve_workers, thread_scope
-from .._validate import check_type, real
+from .._validate import check_type, real, shape2d
 from ..config import MatchConfig
 from . import policy
 from .provenance import (
@@ -118,6 +125,7 @@ class ModelPsfMatcher:
         :meth:`match`, and useful to inspect or save a kernel.
         """
         kernel_sum = _check_kernel_sum("kernel_sum", kernel_sum)
+        shape = shape2d("shape", shape)
         with thread_scope(workers):
             return self._solve(shape, source_psf, target_psf, kernel_sum)
 
@@ -300,9 +308,15 @@ class ModelPsfMatcher:
 
             t0 = time.perf_counter()
             # the image is convolved with the unit-sum kernel: flux is conserved
-            inputs = check_convolution_inputs(parsed.data, solved.unit_kernel,
-                                              parsed.variance, parsed.mask, True)
+            dtype = np.float32 if parsed.data.dtype == np.float32 else np.float64
+            variance, scale = scaled_variance(parsed.variance, dtype)
+            inputs = check_convolution_inputs(parsed.data, solved.unit_kernel, variance,
+                                              parsed.mask, True)
+            warn_if_dynamic_range(inputs[0], inputs[3], inputs[5], stacklevel=3)
             convolved = convolve_checked(*inputs, n_threads=n_threads)
+            if scale != 1.0:
+                convolved = dataclasses.replace(
+                    convolved, variance=unscaled(convolved.variance, scale, dtype))
             timings["convolution"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -320,7 +334,7 @@ class ModelPsfMatcher:
         timings["total"] = time.perf_counter() - start
         metadata["timings"] = timings
         kernel = solution.kernel
-        warning = quality_warning(solved.quality, solved.config)
+        warning = quality_warning(solved.quality, solved.config, self.config)
         if warning is not None:
             warnings.warn(warning, MatchQualityWarning, stacklevel=2)
         log.debug(f"match quality: {quality_summary(metadata['quality'])}")
@@ -330,7 +344,7 @@ class ModelPsfMatcher:
         return MatchResult(matched=matched, kernel=kernel, candidates=solved.candidates,
                            metadata=metadata, weights=weights,
                            target_psf=solved.target_stamp, config=solved.config,
-                           grid=solved.grid, basis=solution.basis)
+                           grid=solved.grid, basis=solution.basis, source_psf=parsed.psf)
 
 
 def match_psf(image, target_psf, *, source_psf=None, kernel_sum=1.0, config=None, workers=None,

@@ -143,6 +143,18 @@ def warn_if_deconvolving(sources, targets, *, stacklevel=4):
 #: (961 unknowns: one solve per strength of the adaptive regularization).
 MAX_DELTA_KERNEL_SIZE = 31
 
+#: A varying PSF tries the delta-function basis when the Alard-Lupton one leaves more
+#: than this fraction of ``max_residual`` at the image centre ...
+_DELTA_TRIGGER = 0.1
+
+#: ... and takes it when it is this much closer to the target (one kernel per node of
+#: 441 functions instead of 27 costs time).
+_DELTA_GAIN = 2.0
+
+#: The delta-function basis on a varying PSF is solved at nodes no closer than this many
+#: kernel sizes (a node costs one solve of K**2 unknowns).
+_DELTA_NODE_SPACING = 2
+
 #: Smallest automatic kernel size of the delta-function basis.
 _MIN_DELTA_KERNEL_SIZE = 11
 
@@ -233,23 +245,34 @@ def resolve_basis(config, source, target, shape):
     source_fwhm, target_fwhm = centre_widths(source, target, shape)
     choice = {"source_fwhm": source_fwhm, "target_fwhm": target_fwhm}
     al_config = _alard_lupton_config(config, source_fwhm, target_fwhm)
-    if not source.constant:
-        choice["chosen"] = "alard-lupton"
-        return al_config, choice
     size = config.kernel_size or delta_kernel_size(source_fwhm, target_fwhm)
     if size > MAX_DELTA_KERNEL_SIZE or size > min(shape) // 3:
         choice["chosen"] = "alard-lupton"
         return al_config, choice
+    fits = {"alard-lupton": (al_config, centre_fit(al_config, source, target, shape))}
+    choice["alard-lupton residual"] = float(fits["alard-lupton"][1][3].spatial_residual_max[0])
+    if not source.constant and choice["alard-lupton residual"] <= (
+            _DELTA_TRIGGER * config.max_residual):
+        # a varying PSF that Gaussians times polynomials follow: they are far cheaper at
+        # many nodes than one function per kernel pixel
+        choice["chosen"] = "alard-lupton"
+        return al_config, choice
     delta_config = _delta_config(config, size)
-    fits = {"alard-lupton": (al_config, centre_fit(al_config, source, target, shape)),
-            "delta-function": (delta_config, centre_fit(delta_config, source, target, shape))}
-    for kind, (_, fit) in fits.items():
-        choice[f"{kind} residual"] = float(fit[3].spatial_residual_max[0])
+    fits["delta-function"] = (delta_config, centre_fit(delta_config, source, target, shape))
+    choice["delta-function residual"] = float(
+        fits["delta-function"][1][3].spatial_residual_max[0])
+    better = 1.0 if source.constant else _DELTA_GAIN
     chosen = ("delta-function" if choice["delta-function residual"]
-              < choice["alard-lupton residual"] else "alard-lupton")
+              < choice["alard-lupton residual"] / better else "alard-lupton")
     choice["chosen"] = chosen
     chosen_config, fit = fits[chosen]
-    choice["fit"] = fit  # the constant PSF's kernel: the matcher reuses it
+    if source.constant:
+        choice["fit"] = fit  # the constant PSF's kernel: the matcher reuses it
+    elif chosen == "delta-function":
+        # every node takes the strength the centre chose: one solve per node
+        relative = fit[3].info["relative_lambda"]
+        chosen_config = chosen_config.replace(lambda_type="relative",
+                                              lambda_scaling=max(relative, 1e-10))
     return chosen_config, choice
 
 
@@ -262,9 +285,16 @@ def spatial_model(config):
 
 
 def node_spacing_floor(config, kernel_size):
-    """Smallest node spacing of the automatic refinement (pixels)."""
+    """Smallest node spacing of the automatic refinement (pixels).
+
+    Half a kernel (16 pixels at least) for the Alard-Lupton basis; two kernel
+    sizes (32 at least) for the delta-function basis, whose node solves are
+    ~100 times dearer.
+    """
     if config.node_spacing_min is not None:
         return float(config.node_spacing_min)
+    if config.kernel_basis == "delta-function":
+        return float(max(_DELTA_NODE_SPACING * kernel_size, 32))
     return float(max(kernel_size // 2, 16))
 
 

@@ -131,8 +131,13 @@ def quality_summary(quality):
             f"(a Gaussian kernel: {quality['noise_gain_gaussian']:.3g})")
 
 
-def quality_warning(quality, config):
-    """The message of a `MatchQualityWarning`, or None when the match passed."""
+def quality_warning(quality, config, requested=None):
+    """The message of a `MatchQualityWarning`, or None when the match passed.
+
+    ``config`` is what was run, ``requested`` what the user asked for (their
+    'auto' options say which remedies are already in use).
+    """
+    requested = config if requested is None else requested
     worst = quality["heldout_residual_max"]
     if worst <= config.max_residual:
         return None
@@ -141,11 +146,20 @@ def quality_warning(quality, config):
     source_fwhm, target_fwhm = choice.get("source_fwhm"), choice.get("target_fwhm")
     if source_fwhm is not None and target_fwhm is not None and target_fwhm <= source_fwhm:
         remedies.append("a broader target (e.g. common_target_psf)")
-    if config.kernel_basis == "alard-lupton" and not config.scale_by_fwhm:
-        remedies.append("scale_by_fwhm=True or kernel_basis='auto'")
-    remedies.append("a larger kernel_size (or None, which follows the PSF widths)")
+    if requested.kernel_basis != "auto":
+        remedies.append("kernel_basis='auto' (the basis and size from the PSFs)")
+        if requested.kernel_basis == "alard-lupton" and not requested.scale_by_fwhm:
+            remedies.append("scale_by_fwhm=True")
+    elif config.kernel_basis == "alard-lupton":
+        remedies.append("kernel_basis='delta-function' (any shape)")
+    if requested.kernel_size is not None:
+        remedies.append("kernel_size=None (a size that follows the PSF widths) or larger")
+    else:
+        remedies.append("a larger kernel_size")
     if config.spatial_model in ("chebyshev1", "polynomial"):
         remedies.append("spatial_model='bilinear'")
+    elif requested.node_subdivision is not None or requested.node_spacing_min is not None:
+        remedies.append("node_subdivision=None and node_spacing_min=None")
     x, y = quality["worst_position"]
     return (f"the match does not reach its target: held-out residual {worst:.3g} of the "
             f"target peak (worst at x={x:.0f}, y={y:.0f}) exceeds max_residual "

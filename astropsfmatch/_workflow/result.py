@@ -7,6 +7,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from .._engine.basis import KernelBasis
 from .._engine.grid import CellGrid
+from .._engine.moments import half_max_fwhm
 from ..config import MatchConfig
 
 # the public names of this module, re-exported by astropsfmatch/__init__.py
@@ -60,6 +61,8 @@ class MatchResult:
         The cell grid of the candidates.
     basis : KernelBasis
         The basis of the kernel, with a label per function.
+    source_psf : object
+        The source PSF the match used (the model or array it was given).
     """
 
     matched: object
@@ -71,12 +74,50 @@ class MatchResult:
     config: MatchConfig = None
     grid: CellGrid = None
     basis: KernelBasis = None
+    source_psf: object = None
 
     def __repr__(self):
         shape = self.matched.shape
         return (f"<MatchResult shape={shape} candidates={len(self.candidates)} "
                 f"kernel_size={self.kernel.kernel_size} "
                 f"condition_number={self.metadata['spatial']['condition_number']:.3g}>")
+
+    def star_check(self, image, **kwargs):
+        """Measure the stars of the input ``image`` and of the matched image.
+
+        The stars' FWHMs (Gaussian fits of isolated, unsaturated stars) before
+        and after, against the source PSF model (measured the same way, on
+        stars rendered with it) and the target: this is what catches a wrong
+        PSF model, which the held-out verdict (model against model) cannot.
+
+        Parameters
+        ----------
+        image : `~astropy.nddata.CCDData`, `~astropy.nddata.NDData` or 2-D array
+            The input of the match.
+        **kwargs
+            Passed to `~astropsfmatch.star_check` (``stars=``, ``mask=``).
+
+        Returns
+        -------
+        check : `~astropsfmatch.StarCheck`
+        """
+        from .stars import star_check
+
+        source = self.source_psf
+        if isinstance(source, np.ndarray) or not hasattr(source, "evaluate"):
+            source = None  # star_check measures photutils models; arrays are skipped
+        kwargs.setdefault("target_fwhm", self.target_fwhm())
+        return star_check(image, self.matched, source_psf=source, **kwargs)
+
+    def target_fwhm(self):
+        """FWHM (pixels) of the target stamp, from a circular Gaussian fit as stars are measured."""
+        from photutils.psf import fit_fwhm
+
+        stamp = np.asarray(self.target_psf, dtype=np.float64)
+        centre = stamp.shape[0] // 2
+        width = float(half_max_fwhm(stamp[np.newaxis])[0])
+        box = min(stamp.shape[0], 2 * int(np.ceil(1.5 * width)) + 1)
+        return float(fit_fwhm(stamp, xypos=[(centre, centre)], fit_shape=max(box, 5))[0])
 
     def plot_candidates(self, **kwargs):
         """Figure of the candidates: see `astropsfmatch.diagnostics.plot_candidates`."""

@@ -23,12 +23,15 @@ from .._engine.moments import (
     smallest_eigenvalue,
 )
 from .._logging import log
-from .._validate import choice, integer, is_int, real, sequence_of
+from .._validate import choice, fail, integer, is_int, real, sequence_of, shape2d
 
 # the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["CommonTarget", "common_target_psf"]
 
 _PROFILES = ("gaussian", "moffat")
+
+#: Largest ``margin`` (the target's width over the broadest input's).
+_MAX_MARGIN = 10.0
 
 #: At most this many enlargements of the target are tried so that its
 #: realized stamp reaches the required second moment (one is always enough
@@ -198,6 +201,10 @@ def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, bet
     profile = choice(*_PROFILES)("profile", profile.lower() if isinstance(profile, str)
                                  else profile)
     margin = real(ge=1)("margin", margin)
+    if margin > _MAX_MARGIN:
+        # a target ten times broader than the broadest input is no longer a PSF match
+        fail("margin", margin, f"<= {_MAX_MARGIN:g} (a target at most {_MAX_MARGIN:g} times "
+             "the broadest input PSF)")
     beta = real(gt=1)("beta", beta) if profile == "moffat" else None
     n_samples = integer(2)("n_samples", n_samples)
     entries = _exposure_psfs(psfs, shapes)
@@ -292,8 +299,8 @@ def _exposure_psfs(psfs, shapes):
     n = len(psfs)
     if shapes is None:
         shapes = [None] * n
-    elif _is_shape(shapes):
-        shapes = [shapes] * n
+    elif _is_pair_of_integers(shapes):
+        shapes = [shape2d("shapes", shapes)] * n
     else:
         shapes = list(shapes)
         if len(shapes) != n:
@@ -317,6 +324,11 @@ def _exposure_psfs(psfs, shapes):
             shape = (int(shape[0]), int(shape[1]))
         entries.append((as_psf(item, name=name), shape))
     return entries
+
+
+def _is_pair_of_integers(value):
+    """True for a pair of integers (of any sign): one shape, not a sequence of shapes."""
+    return isinstance(value, tuple | list) and len(value) == 2 and all(is_int(v) for v in value)
 
 
 def _is_shape(value):
