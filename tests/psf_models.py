@@ -46,3 +46,43 @@ def _reference_config():
 
 #: ... as a configuration: ``ModelPsfMatcher(REFERENCE_CONFIG, cell_size=64)``.
 REFERENCE_CONFIG = _reference_config()
+
+
+def field_psf(shape, *, n_grid=5, half_size=20, oversampling=2, fwhm=(2.8, 4.0),
+              ellipticity=0.15):
+    """A GriddedPSFModel whose Gaussian PSF broadens and elongates towards the corners.
+
+    At a node with normalized coordinates ``u, v`` in [-1, 1] and ``r2 = (u**2 +
+    v**2) / 2``: FWHM ``fwhm[0] + (fwhm[1] - fwhm[0]) * r2`` (geometric mean of the
+    axes), ellipticity ``ellipticity * r2``, the major axis radial (as field
+    aberrations do). The benchmark's "mild" field is ``fwhm=(3.0, 3.6),
+    ellipticity=0.1`` and its "strong" one ``fwhm=(2.8, 4.0), ellipticity=0.15``.
+    """
+    from photutils.psf import GaussianPSF
+
+    ny, nx = shape
+    xs = np.linspace(0.0, nx - 1.0, n_grid)
+    ys = np.linspace(0.0, ny - 1.0, n_grid)
+    n_data = 2 * half_size * oversampling + 1
+    centre = (n_data - 1) / 2.0
+    yy, xx = np.mgrid[:n_data, :n_data].astype(float)
+    data, xypos = [], []
+    for y in ys:
+        for x in xs:
+            u, v = 2.0 * x / (nx - 1) - 1.0, 2.0 * y / (ny - 1) - 1.0
+            r2 = (u * u + v * v) / 2.0
+            width = fwhm[0] + (fwhm[1] - fwhm[0]) * r2
+            e = ellipticity * r2
+            major, minor = width / np.sqrt(1.0 - e), width * np.sqrt(1.0 - e)
+            theta = np.degrees(np.arctan2(v, u)) if r2 > 0 else 0.0
+            model = GaussianPSF(x_0=centre, y_0=centre, x_fwhm=major * oversampling,
+                                y_fwhm=minor * oversampling, theta=theta)
+            epsf = model(xx, yy)
+            data.append(epsf / epsf.sum() * oversampling**2)
+            xypos.append((x, y))
+    meta = {"grid_xypos": xypos, "oversampling": oversampling}
+    return GriddedPSFModel(NDData(np.array(data), meta=meta))
+
+
+MILD = {"fwhm": (3.0, 3.6), "ellipticity": 0.1}
+STRONG = {"fwhm": (2.8, 4.0), "ellipticity": 0.15}

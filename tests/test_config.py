@@ -46,7 +46,7 @@ DEFAULTS = {
     "check_condition_number": False,
     "max_condition_number": None,
     "condition_number_type": "eigenvalue",
-    "max_spatial_condition_number": 1e10,
+    "max_spatial_condition_number": None,
     "constant_variance_weighting": True,
     "max_residual": 1e-2,
     "heldout_positions": 1024,
@@ -123,7 +123,7 @@ BAD_VALUES = [
     ("max_condition_number", 0.0, "None or a finite number > 0"),
     ("max_condition_number", "5e7", "None or a finite number > 0"),
     ("condition_number_type", "norm", "one of 'eigenvalue', 'svd'"),
-    ("max_spatial_condition_number", -1e10, "a finite number > 0"),
+    ("max_spatial_condition_number", -1e10, "None or a finite number > 0"),
     ("max_residual", 0.0, "a finite number > 0"),
     ("max_residual", np.nan, "a finite number > 0"),
     ("heldout_positions", 0, "an integer >= 1"),
@@ -142,11 +142,14 @@ class TestDefaults:
         assert type(value) is type(default)
 
     def test_effective_max_condition_number(self):
-        assert MatchConfig().effective_max_condition_number == 5e7
-        config = MatchConfig(kernel_basis="delta-function")
-        assert config.effective_max_condition_number == 5e6
+        # three significant digits kept by a double-precision solve
+        assert MatchConfig().effective_max_condition_number == pytest.approx(4.5036e12, rel=1e-4)
+        assert MatchConfig().effective_max_spatial_condition_number == pytest.approx(4.5036e12,
+                                                                                    rel=1e-4)
         config = MatchConfig(kernel_basis="delta-function", max_condition_number=1e3)
         assert config.effective_max_condition_number == 1e3
+        assert MatchConfig(max_spatial_condition_number=1e10).effective_max_spatial_condition_number \
+            == 1e10
 
 
 class TestValidation:

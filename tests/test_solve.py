@@ -163,7 +163,8 @@ class TestAlternativeBases:
         solution, candidates, *_ = ModelPsfMatcher(config).solve(
             shape, varying_gaussian_grid(shape), CircularGaussianPRF(fwhm=7.5))
         assert solution.basis.kind == "pca"
-        assert solution.kernel.n_basis == 4
+        # the reference's count includes the mean kernel (subtract_mean) or not
+        assert solution.kernel.n_basis == 3
         assert max(c.spatial_residual_max for c in candidates) <= 5e-3
         assert solution.kernel.kernel_sum == pytest.approx(1.0)
 
@@ -214,3 +215,20 @@ class TestFwhmScaling:
         sigma_k = np.sqrt(4.0**2 - 1.5**2)
         assert params["sigmas"][1] == pytest.approx(sigma_k, rel=0.05)
         assert max(c.spatial_residual_max for c in candidates) <= 2e-3
+
+
+class TestConditionCheckDefaults:
+    """check_condition_number=True passes with the defaults (issue 15)."""
+
+    def test_defaults_pass(self):
+        psf = varying_gaussian_grid((512, 512))
+        solution = ModelPsfMatcher(check_condition_number=True).solve(
+            (512, 512), psf, CircularGaussianPRF(fwhm=6.0))[0]
+        conditions = solution.info["candidate_condition_numbers"]
+        assert np.all(conditions < ModelPsfMatcher().config.effective_max_condition_number)
+
+    def test_reference_limits_are_reachable(self):
+        psf = varying_gaussian_grid((512, 512))
+        with pytest.raises(KernelSolutionError, match="above max_condition_number 5e"):
+            ModelPsfMatcher(check_condition_number=True, max_condition_number=5e7).solve(
+                (512, 512), psf, CircularGaussianPRF(fwhm=6.0))

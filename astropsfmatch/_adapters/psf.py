@@ -17,9 +17,12 @@ weights of the four nearest grid ePSFs, each ePSF sampled by its cubic spline).
 realizes its stamps, and a branch in `as_psf`.
 """
 
+import warnings
+
 import numpy as np
 from astropy.modeling import Model
 from astropy.units import Quantity
+from astropy.utils.exceptions import AstropyUserWarning
 from photutils.psf import GriddedPSFModel, ImagePSF, make_psf_model
 from scipy.interpolate import RectBivariateSpline
 
@@ -362,6 +365,14 @@ class _ArrayPSF(_ConstantPSF):
         if not total > 0:
             msg = f"{name} must have a positive sum, got {total!r}"
             raise ValueError(msg)
+        magnitude = float(np.abs(data).sum())
+        if total < _MIN_POSITIVE_FRACTION * magnitude:
+            # a sum that is positive by round-off: dividing by it amplifies everything
+            msg = (f"{name} must have a positive sum, got {total!r}: only "
+                   f"{total / magnitude:.2g} of the sum of its absolute values ({magnitude:.3g}); "
+                   f"a PSF must be mostly positive (at least {_MIN_POSITIVE_FRACTION:g})")
+            raise ValueError(msg)
+        _warn_if_off_centre(data, name)
         data.flags.writeable = False
         self._data = data
         self._what = "array"
@@ -721,6 +732,37 @@ def _ring_sums(stamp):
     return np.bincount(radius.ravel(), weights=stamp.ravel(), minlength=size // 2 + 1)
 
 
+#: A PSF's sum must be at least this fraction of the sum of its absolute values.
+_MIN_POSITIVE_FRACTION = 1e-2
+
+#: Largest offset (pixels) of a PSF array's peak or centroid from its centre pixel.
+_CENTRE_TOLERANCE = 0.5
+
+
+def _warn_if_off_centre(data, name):
+    """Warn when a PSF array's peak or centroid is off its centre pixel by > 0.5 pixel.
+
+    An array PSF is centred on its centre pixel by definition: one that is not
+    shifts the matched image (photutils warns the same way).
+    """
+    ny, nx = data.shape
+    cy, cx = (ny - 1) / 2.0, (nx - 1) / 2.0
+    peak = np.unravel_index(np.argmax(data), data.shape)
+    if data[ny // 2, nx // 2] >= data.max() * (1 - 1e-9):
+        peak = (ny // 2, nx // 2)  # the centre is a maximum (e.g. a flat top): no shift
+    total = data.sum()
+    yy, xx = np.indices(data.shape)
+    centroid = ((data * yy).sum() / total, (data * xx).sum() / total)
+    offsets = {"peak": (peak[1] - cx, peak[0] - cy), "centroid": (centroid[1] - cx,
+                                                                  centroid[0] - cy)}
+    far = {k: v for k, v in offsets.items() if np.hypot(*v) > _CENTRE_TOLERANCE}
+    if far:
+        what = ", ".join(f"its {k} by ({dx:+.2f}, {dy:+.2f}) px" for k, (dx, dy) in far.items())
+        msg = (f"{name}: a PSF array is centred on its centre pixel, but {what}: the matched "
+               "image would be shifted; recentre the array (or pass an ImagePSF)")
+        warnings.warn(msg, AstropyUserWarning, stacklevel=4)
+
+
 def _normalize(stamps, name, what):
     """Divide each stamp of (n, S, S) by its sum, checking it is usable."""
     stamps = np.array(stamps, dtype=np.float64)
@@ -733,8 +775,9 @@ def _normalize(stamps, name, what):
             "evaluate to finite values around its centre"
         )
         raise ValueError(msg)
-    if not np.all(sums > 0):
-        bad = float(sums[~(sums > 0)][0])
+    magnitudes = np.abs(stamps).sum(axis=(1, 2))
+    if not np.all(sums > _MIN_POSITIVE_FRACTION * magnitudes):
+        bad = float(sums[~(sums > _MIN_POSITIVE_FRACTION * magnitudes)][0])
         msg = (
             f"{name} gives a realized {size}x{size} stamp with non-positive sum "
             f"({bad!r}); the {what} must have positive flux within the stamp"

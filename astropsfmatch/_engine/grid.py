@@ -32,9 +32,12 @@ class CellGrid:
     """Cells over an image bounding box, optionally grown by whole cells.
 
     The box is the image grown by ``grow`` cells on every side; it holds
-    ``n = (size + 2 * grow * cell) // cell`` cells along each axis, centred
-    on the box (leftover pixels split evenly at both ends), and the
-    candidate of each cell sits at its centre. Spatial functions are
+    ``n = (size + 2 * grow * cell) // cell`` cells along each axis, and the
+    candidate of each cell sits at its centre. A grown box starts its cells
+    at its origin, with the leftover pixels at the far end, as the reference
+    pipeline does; without growth (the default) the cells are centred on the
+    image (leftover pixels split evenly at both ends), which keeps the
+    candidates symmetric. Spatial functions are
     normalized to [-1, 1] over the box (:attr:`bbox`).
 
     The reference pipeline grows the box by one cell. That constrains the
@@ -88,7 +91,12 @@ class CellGrid:
         size, cell = self.shape[axis], self.cell_size[axis]
         start, stop = -self.grow * cell, size + self.grow * cell
         n = (stop - start) // cell
-        first = start + ((stop - start) - n * cell) // 2
+        if self.grow:
+            # the reference's grid: cells from the grown box's origin, the leftover
+            # pixels at the far end (candidates at cell * i + cell // 2 - grow * cell)
+            first = start
+        else:
+            first = start + ((stop - start) - n * cell) // 2
         return start, stop, n, first
 
     @property

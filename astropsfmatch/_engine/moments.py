@@ -11,6 +11,9 @@ import numpy as np
 
 __all__ = []  # internal to the package: nothing here is public
 
+#: Variance of a uniform pixel (px²): the floor of adaptive moments.
+_PIXEL_VARIANCE = 1.0 / 12.0
+
 #: FWHM of a Gaussian in units of its sigma, 2 sqrt(2 ln 2).
 GAUSSIAN_SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -66,14 +69,22 @@ def moment_fwhm(stamps):
     return GAUSSIAN_SIGMA_TO_FWHM * np.sqrt(np.maximum((ixx + iyy) / 2.0, 0.0))
 
 
-def deconvolution_depth(sources, targets):
-    """How much narrower (px², >= 0) each target is than its source along any direction.
+def adaptive_covariances(stamps):
+    """Adaptive second-moment matrices (n, 2, 2) of stamps (see `adaptive_moments`)."""
+    ixx, iyy, ixy = adaptive_moments(stamps)
+    return np.stack([np.stack([ixx, ixy], -1), np.stack([ixy, iyy], -1)], -2)
 
-    The smallest eigenvalue of the difference of the second-moment matrices,
-    sign flipped; 0 where the target is broader in every direction, as a
-    convolution needs (second moments add under convolution).
+
+def deconvolution_depth(sources, targets):
+    """How much narrower (px², >= 0) each target's core is than its source's along any direction.
+
+    The smallest eigenvalue of the difference of the adaptive (core-weighted)
+    second-moment matrices, sign flipped; 0 where the target is broader in
+    every direction, as a convolution needs. Unweighted moments would be
+    dominated by the wings: an Airy disk of FWHM 2.5 has more second moment
+    than a Gaussian of FWHM 5, which it can be matched to.
     """
-    difference = covariance_matrices(targets) - covariance_matrices(sources)
+    difference = adaptive_covariances(targets) - adaptive_covariances(sources)
     return np.maximum(-np.linalg.eigvalsh(difference)[:, 0], 0.0)
 
 
@@ -154,7 +165,11 @@ def adaptive_moments(stamps, *, iterations=20):
         mxy = (weighted * ux * uy).sum(axis=(1, 2)) / total
         # for a Gaussian of covariance C seen through a weight of covariance W the
         # weighted moments are (C^-1 + W^-1)^-1; at the fixed point W = C they are C/2
-        cxx, cyy, cxy = 2 * mxx, 2 * myy, 2 * mxy
+        # (floored at a pixel's own variance, 1/12: an undersampled core must not
+        # collapse the weight)
+        cxx, cyy = np.maximum(2 * mxx, _PIXEL_VARIANCE), np.maximum(2 * myy, _PIXEL_VARIANCE)
+        limit = 0.99 * np.sqrt(cxx * cyy)
+        cxy = np.clip(2 * mxy, -limit, limit)
     return cxx, cyy, cxy
 
 

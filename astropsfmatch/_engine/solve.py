@@ -371,13 +371,14 @@ def _pca_basis(kernels, n_components, subtract_mean):
     """Mean kernel and principal components, renormalized like the AL basis."""
     flat = kernels.reshape(len(kernels), -1)
     size = kernels.shape[1]
+    # as in the reference, n_components counts the kernels kept, the mean included
     if subtract_mean:
         mean = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
-        images = np.vstack([mean[None], vt[:n_components]])
+        images = np.vstack([mean[None], vt[:n_components - 1]])
     else:
         _, _, vt = np.linalg.svd(flat, full_matrices=False)
-        images = vt[:n_components + 1].copy()
+        images = vt[:n_components].copy()
         # first component as the kernel-sum carrier: orient it to a positive sum
         images[0] *= np.sign(images[0].sum()) or 1.0
     _, renormalized = renormalize(images.reshape(-1, size, size))
@@ -413,9 +414,10 @@ def _spatial_fit(matrices, vectors, terms, n_basis, config):
     reduced_vector = sp_vector[1:] - sp_matrix[1:, 0]
     if reduced_matrix.size:
         condition = float(_condition_numbers(reduced_matrix, config.condition_number_type))
-        if config.check_condition_number and condition > config.max_spatial_condition_number:
+        limit = config.effective_max_spatial_condition_number
+        if config.check_condition_number and condition > limit:
             msg = (f"spatial condition number {condition:.3g} exceeds "
-                   f"max_spatial_condition_number {config.max_spatial_condition_number:.3g}; "
+                   f"max_spatial_condition_number {limit:.3g}; "
                    "lower spatial_order, use larger cells, or a smaller basis")
             raise KernelSolutionError(msg)
         solution, solver = _lu_or_pseudo_inverse(reduced_matrix, reduced_vector, condition)
@@ -474,7 +476,7 @@ def solve_spatial_kernel(sources, targets, x, y, *, basis, config, bbox):
                             config.subtract_mean_for_pca)
         basis = KernelBasis.from_images(
             images, kind="pca",
-            parameters={"from": basis.kind, "n_components": images.shape[0] - 1},
+            parameters={"from": basis.kind, "n_components": images.shape[0]},
             labels=["mean" if config.subtract_mean_for_pca else "PC0"]
             + [f"PC{k}" for k in range(1, images.shape[0])])
         convolved, matrices, vectors = problem.normal_equations(basis, False)

@@ -183,9 +183,10 @@ class ModelPsfMatcher:
                                     bbox=grid.bbox)
         timings["kernel_solution"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        x_h, y_h = policy.heldout_xy(shape, size, config, len(x))
-        verdict = quality(unit.kernel, x_h, y_h, source.stamps(x_h, y_h, size),
-                          target.stamps(x_h, y_h, size))
+        size_q = policy.quality_stamp_size(source, target, shape, basis.size, size)
+        x_h, y_h = policy.heldout_xy(shape, size_q, config, len(x))
+        verdict = quality(unit.kernel, x_h, y_h, source.stamps(x_h, y_h, size_q),
+                          target.stamps(x_h, y_h, size_q))
         timings["quality"] = time.perf_counter() - t0
         return config.replace(stamp_size=size), grid, sources, targets, unit, verdict
 
@@ -204,8 +205,13 @@ class ModelPsfMatcher:
         x_c, y_c = levels[0][0][[0]], levels[0][1][[0]]
         size = policy.stamp_size(source, x_c, y_c, basis.size, config, auto=auto)
         finest = levels[-1][0].size * levels[-1][1].size
-        x_h, y_h = policy.heldout_xy(shape, size, config, finest)
+        # the verdict (and the comparison of the levels) looks at a region that holds
+        # the target, which may be larger than the fit's
+        size_q = policy.quality_stamp_size(source, target, shape, basis.size, size)
+        x_h, y_h = policy.heldout_xy(shape, size_q, config, finest)
         linear = policy.linear_stamps(source, target, size, basis, config)
+        linear_q = linear if size_q == size or linear is None else policy.linear_stamps(
+            source, target, size_q, basis, config)
         timings["psf_realization"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -230,10 +236,10 @@ class ModelPsfMatcher:
                 # the levels are compared on the first held-out positions
                 n_compare = min(len(x_h), policy.REFINE_POSITIONS)
                 x_r, y_r = x_h[:n_compare], y_h[:n_compare]
-                residual = (linear_residual_max(unit.kernel, x_r, y_r, linear)
-                            if linear is not None else float(np.abs(heldout_residuals(
-                                unit.kernel, x_r, y_r, source.stamps(x_r, y_r, size),
-                                target.stamps(x_r, y_r, size))[0]).max()))
+                residual = (linear_residual_max(unit.kernel, x_r, y_r, linear_q)
+                            if linear_q is not None else float(np.abs(heldout_residuals(
+                                unit.kernel, x_r, y_r, source.stamps(x_r, y_r, size_q),
+                                target.stamps(x_r, y_r, size_q))[0]).max()))
             tried.append((factor, grid.n_candidates, residual))
             level = (residual, factor, grid, sources, targets, unit)
             if best is not None and not residual < policy.REFINE_IMPROVEMENT * best[0]:
@@ -255,11 +261,11 @@ class ModelPsfMatcher:
         policy.warn_if_deconvolving(sources, targets, stacklevel=6)
 
         t0 = time.perf_counter()
-        if linear is not None:
-            verdict = linear_quality(unit.kernel, x_h, y_h, linear)
+        if linear_q is not None:
+            verdict = linear_quality(unit.kernel, x_h, y_h, linear_q)
         else:
-            verdict = quality(unit.kernel, x_h, y_h, source.stamps(x_h, y_h, size),
-                              target.stamps(x_h, y_h, size))
+            verdict = quality(unit.kernel, x_h, y_h, source.stamps(x_h, y_h, size_q),
+                              target.stamps(x_h, y_h, size_q))
         timings["quality"] = time.perf_counter() - t0
         return (config.replace(node_subdivision=factor, stamp_size=size), grid, sources,
                 targets, unit, verdict)

@@ -50,6 +50,9 @@ _FACTORS = (1, 2, 4, 8, 16, 32)
 #: The held-out stamps of one match hold at most this many pixels (memory bound).
 _HELDOUT_PIXELS = 8_000_000
 
+#: Largest stamps of the held-out verdict.
+_MAX_QUALITY_STAMP = 511
+
 #: Fewest held-out positions, and how many per fitted position.
 _MIN_HELDOUT = 64
 _HELDOUT_PER_FIT = 4
@@ -180,6 +183,17 @@ def centre_widths(source, target, shape):
             float(half_max_fwhm(target.stamps(cx, cy, size))[0]))
 
 
+def identical_psfs(source, target, shape):
+    """True when the source and target PSFs are the same everywhere (to 1e-12 of the peak)."""
+    if not (source.constant and target.constant) and source.model is not target.model:
+        return False
+    cx = np.array([(shape[1] - 1) / 2.0])
+    cy = np.array([(shape[0] - 1) / 2.0])
+    size = min(max(source.native_size(cx, cy), target.native_size(cx, cy)), 255) | 1
+    a, b = source.stamps(cx, cy, size), target.stamps(cx, cy, size)
+    return bool(np.abs(a - b).max() <= 1e-12 * np.abs(a).max())
+
+
 def delta_kernel_size(source_fwhm, target_fwhm):
     """Automatic kernel size of the delta-function basis, from the two widths."""
     sigma = np.sqrt(max(target_fwhm**2 - source_fwhm**2, 0.0)) / GAUSSIAN_SIGMA_TO_FWHM
@@ -244,6 +258,11 @@ def resolve_basis(config, source, target, shape):
         return config, {}
     source_fwhm, target_fwhm = centre_widths(source, target, shape)
     choice = {"source_fwhm": source_fwhm, "target_fwhm": target_fwhm}
+    if identical_psfs(source, target, shape):
+        # nothing to match: the identity kernel, exactly (a fit would blur it slightly)
+        choice["chosen"] = "identity"
+        return config.replace(kernel_basis="delta-function", kernel_size=3,
+                              use_regularization=False, use_pca_for_spatial_kernel=False), choice
     al_config = _alard_lupton_config(config, source_fwhm, target_fwhm)
     size = config.kernel_size or delta_kernel_size(source_fwhm, target_fwhm)
     if size > MAX_DELTA_KERNEL_SIZE or size > min(shape) // 3:
@@ -339,6 +358,19 @@ def node_levels(source, shape, kernel_size, config):
     return levels
 
 
+def quality_stamp_size(source, target, shape, kernel_size, fit_size):
+    """Stamps of the held-out verdict: a complete-convolution region that holds the target.
+
+    At least twice the kernel's side and four target FWHMs across, whatever the
+    fit used: the reference's small stamps (an 11 x 11 region for a 21-pixel
+    kernel) would hide a kernel too small for the target's wings.
+    """
+    _, target_fwhm = centre_widths(source, target, shape)
+    valid = max(2 * kernel_size - 1, int(np.ceil(4.0 * target_fwhm)) | 1)
+    size = max(fit_size, kernel_size + valid - 1)
+    return min(size + 1 - size % 2, _MAX_QUALITY_STAMP)
+
+
 def heldout_xy(shape, size, config, n_fit):
     """Held-out positions: at least ``4 n_fit`` (64 at least), at most
     ``config.heldout_positions`` and what the memory bound on their stamps allows.
@@ -366,13 +398,40 @@ def linear_stamps(source, target, size, basis, config):
     return LinearStamps(templates, weights, centre, basis=basis, config=config)
 
 
+#: Largest kernel of the delta-function basis (one unknown per pixel: 3,721 at most).
+MAX_DELTA_FUNCTION_SIZE = 61
+
+#: Largest memory (bytes) the kernel fit may plan to use before it is refused.
+MAX_FIT_BYTES = 8 * 2**30
+
+
 def check_shape(shape, config):
-    """Refuse, before any work, an image too small for the kernel."""
+    """Refuse, before any work, what cannot fit: a kernel larger than the image, a
+    delta-function basis too large to solve, or a fit too large for the memory.
+    """
     size = config.kernel_size
     if size is not None and (shape[0] < size or shape[1] < size):
         msg = (f"the image of shape {tuple(shape)} is smaller than the kernel "
                f"(kernel_size={size}): use a smaller kernel_size")
         raise ValueError(msg)
+    if config.kernel_basis == "delta-function" and size is not None \
+            and size > MAX_DELTA_FUNCTION_SIZE:
+        msg = (f"kernel_size={size} with the delta-function basis has {size**2} unknowns per "
+               f"kernel; at most {MAX_DELTA_FUNCTION_SIZE} (the Alard-Lupton basis holds "
+               "large kernels with few functions: kernel_basis='alard-lupton')")
+        raise ValueError(msg)
+    if size is not None and spatial_model(config) != "bilinear":
+        grid_cells = (max(shape[0] // config.cell_size[0], 1)
+                      * max(shape[1] // config.cell_size[1], 1))
+        n_basis = size**2 if config.kernel_basis == "delta-function" else 64
+        stamp = MAX_STAMP_PER_KERNEL * size + 1
+        valid = stamp - size + 1
+        planned = 8 * grid_cells * (n_basis * valid**2 + 2 * stamp**2 + n_basis**2)
+        if planned > MAX_FIT_BYTES:
+            msg = (f"the kernel fit would need ~{planned / 2**30:.1f} GiB (kernel_size={size}, "
+                   f"{grid_cells} cells of {config.cell_size}); use a smaller kernel_size, "
+                   "larger cell_size, or spatial_model='bilinear'")
+            raise ValueError(msg)
 
 
 def warn_if_outside_grid(source, shape, *, stacklevel=4):
