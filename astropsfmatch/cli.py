@@ -131,7 +131,13 @@ def parse_psf_spec(spec):
     if kind == "gaussian":
         fwhm = values.get("fwhm", values.get("sigma", 0.0) * GAUSSIAN_SIGMA_TO_FWHM)
         return CircularGaussianPRF(fwhm=fwhm)
+    from ._workflow.target import MAX_BETA  # noqa: PLC0415 - the CLI imports lazily
+
     beta = values.get("beta", _MOFFAT_DEFAULT_BETA)
+    if not 1.0 < beta <= MAX_BETA:
+        msg = (f"{spec!r}: beta must be > 1 and at most {MAX_BETA:g} (beyond, a Moffat is a "
+               f"Gaussian to 1e-6: use gaussian:fwhm=...), got {beta!r}")
+        raise ValueError(msg)
     alpha = values.get("alpha")
     if alpha is None:
         alpha = values["fwhm"] / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
@@ -735,6 +741,7 @@ def _run_match(args, parser):
     for other in caught:
         if other not in poor:
             warnings.showwarning(other.message, other.category, other.filename, other.lineno)
+    _log_decisions(result)
     if poor:
         raise CommandError(f"{args.science}: {_one_line(poor[0].message)}; nothing was "
                            "written (raise --max-residual to accept it)", status=3)
@@ -764,7 +771,56 @@ def _run_match(args, parser):
     stars = _star_check_line(result, ccd, source)
     if stars is not None:
         print(f"  stars: {stars}")
+    if args.diagnostics is not None:
+        print(_figures_line(args.diagnostics))
     return 0
+
+
+#: The matcher's timed stages, as the demo names them.
+_STAGES = (("basis_choice", "basis choice"), ("psf_realization", "PSF stamps"),
+           ("kernel_solution", "kernel solution"), ("quality", "held-out check"),
+           ("convolution", "convolution"), ("output", "output"))
+
+
+def _condition_text(result):
+    """The spatial condition number, with what it means."""
+    condition = result.metadata["spatial"]["condition_number"]
+    limit = result.config.effective_max_spatial_condition_number
+    if condition <= limit:
+        meaning = f"up to {limit:.2g} the float64 solve keeps three significant digits"
+    else:
+        meaning = (f"above {limit:.2g}: the float64 solve may lose digits; the held-out check "
+                   "measures the result")
+    return f"spatial condition number {condition:.2g} ({meaning})"
+
+
+def _figures_line(directory):
+    """Where the diagnostic figures went, and which to look at first."""
+    return (f"  figures: {len(_diagnostic_paths(directory))} PNG files in {directory}/ "
+            "(start with heldout.png, where in the field the kernel is worst, and "
+            "candidates.png; see the diagnostics page of the docs)")
+
+
+def _log_decisions(result):
+    """Say at INFO level (``-v``) what the match chose and why."""
+    meta = result.metadata
+    choice = meta["quality"].get("basis_choice", {})
+    if "source_fwhm" in choice:
+        log.info(f"half-maximum FWHM: source {choice['source_fwhm']:.3g} px, target "
+                 f"{choice['target_fwhm']:.3g} px")
+    tried = [f"{key.removesuffix(' residual')} {value:.2g}" for key, value in choice.items()
+             if key.endswith(" residual")]
+    log.info(f"basis: {meta['basis']['kind']}, {meta['basis']['n_basis']} functions of "
+             f"{result.kernel.kernel_size}x{result.kernel.kernel_size}"
+             + (f" (residual at the centre: {', '.join(tried)})" if tried else ""))
+    refinement = meta["timings"].get("refinement") or []
+    if len(refinement) > 1:
+        levels = ", ".join(f"{n} nodes {residual:.2g}" for _, n, residual in refinement)
+        log.info(f"node refinement (held-out residual max): {levels}; kept "
+                 f"{meta['spatial']['nodes'][0]}x{meta['spatial']['nodes'][1]} nodes")
+    timings = meta["timings"]
+    log.info("match stages (s): " + ", ".join(
+        f"{label} {timings[key]:.2f}" for key, label in _STAGES if key in timings))
 
 
 def _kernel_summary(result):
@@ -773,7 +829,8 @@ def _kernel_summary(result):
     spatial = meta["spatial"]
     if spatial["model"] == "bilinear":
         ny, nx = spatial["nodes"]
-        where = f"bilinear between {ny}x{nx} node(s)"
+        where = (f"bilinear between {ny}x{nx} nodes" if ny * nx > 1
+                 else "one node: the same kernel everywhere")
     else:
         where = (f"{spatial['model']} order {spatial['order']}, "
                  f"{meta['candidates']['used']} of {meta['candidates']['total']} cells used")
@@ -788,6 +845,7 @@ def _run_demo(args, parser):
     from ._adapters.psf import as_psf
     from ._optional import available
     from ._workflow.matcher import ModelPsfMatcher
+    from ._workflow.provenance import quality_summary
     from .config import MatchConfig
     from .demo import demo_cell_size, make_demo_data, measure_fwhm
 
@@ -812,12 +870,17 @@ def _run_demo(args, parser):
     t0 = time.perf_counter()
     demo = make_demo_data(size=args.size, seed=args.seed)
     times["synthetic data"] = time.perf_counter() - t0
+    log.info(f"made a {args.size}x{args.size} synthetic exposure with {len(demo.stars)} stars "
+             f"in {times['synthetic data']:.2f} s; matching it to "
+             f"CircularGaussianPRF(fwhm={float(demo.target_psf.fwhm.value):.2f})")
     cell = demo_cell_size(args.size)
     config = MatchConfig(cell_size=cell)
     t0 = time.perf_counter()
     result = ModelPsfMatcher(config).match(demo.ccd, demo.target_psf, source_psf=demo.psf_model)
     times["match"] = time.perf_counter() - t0
     stages = result.metadata["timings"]
+    _log_decisions(result)
+    log.info("measuring the probe stars' FWHMs before and after")
 
     t0 = time.perf_counter()
     x, y = demo.probes
@@ -836,7 +899,9 @@ def _run_demo(args, parser):
         _write_weights(result, staging.path(files["weights"]))
         _write_kernel(result.kernel, staging.path(files["kernel"]))
         times["write FITS"] = time.perf_counter() - t0
+        log.info(f"wrote the FITS files in {times['write FITS']:.2f} s")
         if figures:
+            log.info("drawing the diagnostic figures")
             from .diagnostics import save_diagnostics
 
             t0 = time.perf_counter()
@@ -850,41 +915,40 @@ def _run_demo(args, parser):
         staging.cleanup()
 
     meta = result.metadata
+    quality = meta["quality"]
     lines = [
         f"astropsfmatch {__version__} demo: {args.size}x{args.size} synthetic exposure, "
         f"{len(demo.stars)} stars, seed {args.seed}",
-        f"  source PSF: GriddedPSFModel (3x3 elliptical Gaussians), FWHM "
-        f"{model_fwhm.min():.2f}-{model_fwhm.max():.2f} px at the probe stars",
+        "  source PSF: GriddedPSFModel, 3x3 elliptical Gaussian ePSFs that broaden and turn "
+        "across the field",
         f"  target PSF: CircularGaussianPRF FWHM {target_fwhm:.2f} px",
-        f"  kernel: {result.kernel.kernel_size}x{result.kernel.kernel_size}, "
-        f"{meta['basis']['n_basis']} {meta['basis']['kind']} basis functions, "
-        f"{meta['spatial']['model']} order {meta['spatial']['order']}, "
-        f"{meta['grid']['n_cells'][0]}x{meta['grid']['n_cells'][1]} cells of {cell} px",
+        f"  {_kernel_summary(result)}",
+        f"  quality: {quality_summary(quality)} "
+        f"({'passed' if quality['passed'] else 'NOT passed'}: limit {quality['max_residual']:.2g})",
         "",
-        "  star FWHM (px, circular Gaussian fit)",
+        f"  star FWHM (px, circular Gaussian fit) of the {len(x)} bright probe stars",
         "       x       y   before   after",
     ]
     for xk, yk, b, a in zip(x, y, before, after, strict=True):
         lines.append(f"  {xk:6.0f}  {yk:6.0f}   {b:6.2f}  {a:6.2f}")
     finite = np.isfinite(after)
     if finite.any():
-        lines.append(f"  after: {np.mean(after[finite]):.2f} ± {np.std(after[finite]):.2f} px "
-                     f"(target {target_fwhm:.2f}); before: {np.nanmin(before):.2f}-"
-                     f"{np.nanmax(before):.2f} px")
+        lines.append(f"  before: {np.nanmin(before):.2f} to {np.nanmax(before):.2f} px; after: "
+                     f"{np.mean(after[finite]):.2f} ± {np.std(after[finite]):.2f} px (target "
+                     f"{target_fwhm:.2f})")
     lines += [
         "",
-        f"  kernel sum {result.kernel.kernel_sum:.6f}, spatial condition number "
-        f"{meta['spatial']['condition_number']:.3g}, max model residual "
-        f"{100 * meta['spatial_residuals']['max']:.3g}% of peak, "
-        f"{meta['candidates']['used']}/{meta['candidates']['total']} candidates used",
+        f"  kernel sum {result.kernel.kernel_sum:.6f}, {_condition_text(result)}",
         "  time (s): " + ", ".join(
             [f"{name} {value:.2f}" for name, value in times.items() if name != "match"]
-            + [f"match {times['match']:.2f} (PSF stamps {stages['psf_realization']:.2f}, "
-               f"kernel solution {stages['kernel_solution']:.2f}, "
-               f"convolution {stages['convolution']:.2f})"]),
-        f"  wrote {len(outputs)} files to {folder}/: " + ", ".join(
-            p.name for _, p in outputs),
+            + [f"match {times['match']:.2f} (" + ", ".join(
+                f"{label} {stages[key]:.2f}" for key, label in _STAGES if key in stages)
+               + ")"]),
+        f"  wrote {len(files)} FITS files to {folder}/: "
+        + ", ".join(p.name for p in files.values()),
     ]
+    if figures:
+        lines.append(_figures_line(folder))
     print("\n".join(lines))
     return 0
 

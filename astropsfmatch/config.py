@@ -132,10 +132,10 @@ class MatchConfig:
     node_subdivision : int or None, optional
         With ``'bilinear'``: intervals (>= 1) each interval between the PSF
         model's node lines is split into; None (default) doubles it from 1
-        until the held-out residual improves by less than 25% (or is
-        predicted to: a halving gained less than 2x), falls below
-        ``max_residual / 100``, or the node spacing would fall below
-        ``node_spacing_min``.
+        until the held-out residual improves by less than 25% (then the
+        coarser level is kept) or is predicted to (a halving gained less
+        than 2x), falls below ``max_residual / 100``, or the node spacing
+        would fall below ``node_spacing_min``.
     node_spacing_min : float or None, optional
         Smallest node spacing (pixels, > 0) of the automatic subdivision;
         None (default): half the kernel size, at least 16 pixels.

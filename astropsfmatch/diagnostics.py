@@ -14,34 +14,48 @@ reference debug display       here
 ``showBadCandidates``         ... with rejected candidates marked in red
 ``displayKernelBasis``        `plot_basis`: the basis images
 ``displayKernelMosaic``       `plot_kernel_mosaic`: the kernel across the field
-``plotKernelSpatialModel``    `plot_spatial_coefficients`: coefficient maps
-``displaySpatialCells``       `plot_cells`: the cells and candidates on the image
+                              (``difference=True``: its variation alone)
+``plotKernelSpatialModel``    `plot_spatial_coefficients`: coefficient maps, and
+                              `plot_kernel_moments`: what the kernel does there
+``displaySpatialCells``       `plot_cells`: the cells (or nodes) on the image
+(none)                        `plot_heldout`: the residual where no fit looked
 ============================  =====================================================
 
 `save_diagnostics` writes all of them as PNG files.
 """
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
+from ._engine.grid import NodeGrid
 from ._engine.kernel import SpatialKernel
+from ._engine.moments import kernel_moments
 from ._optional import require
-from ._validate import integer
+from ._validate import integer, real
 
-__all__ = ["DIAGNOSTIC_FILES", "plot_basis", "plot_candidates", "plot_cells",
-           "plot_kernel_mosaic", "plot_spatial_coefficients", "save_diagnostics",
-           "select_candidates", "spatial_residual"]
+__all__ = ["DIAGNOSTIC_FILES", "plot_basis", "plot_candidates", "plot_cells", "plot_heldout",
+           "plot_kernel_moments", "plot_kernel_mosaic", "plot_spatial_coefficients",
+           "save_diagnostics", "select_candidates", "spatial_residual"]
 
 #: File name written by `save_diagnostics` for each figure, in writing order.
 DIAGNOSTIC_FILES = {
+    "heldout": "heldout.png",
     "cells": "cells.png",
     "candidates": "candidates.png",
     "basis": "basis.png",
     "kernel_mosaic": "kernel_mosaic.png",
+    "kernel_difference": "kernel_difference.png",
+    "kernel_moments": "kernel_moments.png",
     "spatial_coefficients": "spatial_coefficients.png",
 }
+
+#: Residual panels span at least this fraction of the match's ``max_residual``:
+#: a residual far below what was asked for (round-off) is drawn faint, not at
+#: full contrast.
+_RESIDUAL_SCALE_FLOOR = 0.1
 
 _GOOD_COLOUR = "tab:green"
 _BAD_COLOUR = "tab:red"
@@ -99,6 +113,29 @@ def _frame(ax, colour, width=2.0):
     for spine in ax.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(width)
+
+
+def _title(fig, text, width_inches, *, fontsize=9):
+    """A figure title wrapped to the figure's width; returns its height in inches.
+
+    Each paragraph (one per line of ``text``) is wrapped on its own, so that a title
+    is never clipped on a narrow figure.
+    """
+    chars = max(int(width_inches * 72.0 / (0.55 * fontsize)), 20)
+    lines = [line for part in text.split("\n") for line in textwrap.wrap(part, chars) or [""]]
+    fig.suptitle("\n".join(lines), fontsize=fontsize, y=0.995, va="top")
+    return 0.2 + len(lines) * fontsize * 1.3 / 72.0
+
+
+def _max_residual(result):
+    """The ``max_residual`` the match was run with, if the result knows it."""
+    config = getattr(result, "config", None)
+    return getattr(config, "max_residual", None)
+
+
+def _is_nodes(result):
+    """True for a bilinear (node) spatial model."""
+    return getattr(_kernel_of(result), "nodes", None) is not None
 
 
 def select_candidates(result, *, max_per_side=5, show_rejected=True):
@@ -164,28 +201,33 @@ def spatial_residual(result, candidate):
     return (model - target) / float(np.max(candidate.target))
 
 
-def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
-    """The kernel candidates: stamps, kernel, models and residuals per cell.
+def plot_candidates(result, *, max_per_side=5, show_rejected=True, residual_scale=None,
+                    figure=None):
+    """The kernel candidates (cells or nodes): stamps, kernel, models and residuals.
 
-    Each shown cell gets a 2 x 3 block of panels:
+    Each shown candidate gets a 2 x 3 block of panels:
 
     * top: the source PSF stamp ``S``, the target stamp ``T`` and the model
       ``M`` of the target made with the candidate's own kernel (``S`` ⊛ own
       kernel);
-    * bottom: the spatially varying kernel at the cell centre ``K``, the
+    * bottom: the spatially varying kernel at the candidate ``K``, the
       residual of the own kernel ``R = M - T``, and the residual of the
       spatial kernel ``Rs = S ⊛ K - T`` (see `spatial_residual`), which is
       what the matched image gets at that position.
 
-    Blocks are laid out like the cells on the image (y up). Models and
-    residuals exist only where the convolution is complete (the stamp
-    shrunk by the kernel half-width, outlined dashed on the stamps). Stamps
-    share one square-root stretch; both kinds of residual share one
-    symmetric scale for all blocks, in units of the target peak, and each
-    residual panel gives its largest absolute value. Frames are green for
-    candidates used in the spatial fit and red for rejected ones.
+    Blocks are laid out like the candidates on the image (y up). Models and
+    residuals exist only where the convolution is complete: the stamp
+    shrunk by the kernel half-width, outlined by the dashed box on ``S`` and
+    ``T``. Stamps share one square-root stretch; both kinds of residual
+    share one symmetric scale for all blocks, in units of the target peak,
+    printed in the title, and each residual panel gives its largest
+    absolute value. The scale is never below a tenth of the match's
+    ``max_residual``, so that residuals far below the accuracy asked for
+    (round-off of an exact match) show as faint, not as full-contrast
+    patterns. Frames are green for candidates used in the spatial fit and
+    red for rejected ones.
 
-    With many cells only a representative subset is drawn: the cells of up
+    With many candidates only a representative subset is drawn: those of up
     to ``max_per_side`` rows and columns spread over the grid, corners
     included (see `select_candidates`).
 
@@ -194,9 +236,13 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
     result : MatchResult
         A match result.
     max_per_side : int, optional
-        Most cell rows and columns shown (default 5: at most 25 cells).
+        Most rows and columns of candidates shown (default 5: at most 25).
     show_rejected : bool, optional
         Also show rejected candidates (the reference's ``showBadCandidates``).
+    residual_scale : float, optional
+        Half-range of the residual colour scale (fraction of the target
+        peak); default the largest residual shown, at least a tenth of
+        ``max_residual``.
     figure : `~matplotlib.figure.Figure`, optional
         Figure to draw into; default a new one.
 
@@ -210,23 +256,45 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
 
     rows, cols, chosen = select_candidates(result, max_per_side=max_per_side,
                                            show_rejected=show_rejected)
+    if residual_scale is not None:
+        residual_scale = real(gt=0, normal=True)("residual_scale", residual_scale)
     nrow, ncol = len(rows), len(cols)
-    height = 2.3 * nrow + 1.0
-    fig = _new_figure(figure, (3.4 * ncol + 0.4, height))
+    width = 3.4 * ncol + 0.4
+    where = "nodes" if _is_nodes(result) else "cells"
     if not chosen:
-        fig.suptitle("no candidates to show")
+        fig = _new_figure(figure, (width, 2.0))
+        _title(fig, "no candidates to show", width)
         return fig
     spatial = {key: spatial_residual(result, c) for key, c in chosen.items()}
     peak = max(float(np.max(c.target)) for c in chosen.values())
     norm = PowerNorm(0.5, vmin=0.0, vmax=peak)
     residuals = [np.abs(r).max() for r in spatial.values()]
     residuals += [np.abs(c.fit.residual).max() for c in chosen.values() if c.fit is not None]
-    res_max = max(float(max(residuals)), 1e-9)
+    largest = float(max(residuals))
+    if residual_scale is None:
+        floor = _max_residual(result)
+        floor = 1e-12 if floor is None else _RESIDUAL_SCALE_FLOOR * floor
+        residual_scale = max(largest, floor)
+    res_max = residual_scale
     kernels = {key: result.kernel.evaluate(c.x, c.y) for key, c in chosen.items()}
     k_max = max(float(np.abs(k).max()) for k in kernels.values()) or 1.0
 
+    n_bad = sum(c.rejected for c in result.candidates)
+    title = (
+        f"Kernel candidates at {where}: {len(chosen)} of {len(result.candidates)} shown, "
+        f"{n_bad} rejected (red frames)\n"
+        "S source, T target, M = S ⊛ own kernel; K spatial kernel here; R = M - T, "
+        "Rs = S ⊛ K - T; dashed box: where the convolution is complete\n"
+        f"residual scale ±{100 * res_max:.2g}% of the target peak "
+        f"(largest shown {100 * largest:.2g}%)")
+    # the title's height is known once it is wrapped to the figure's width
+    fig = _new_figure(figure, (width, 2.3 * nrow + 1.0))
+    title_height = _title(fig, title, width)
+    height = 2.3 * nrow + title_height
+    if figure is None:
+        fig.set_size_inches(width, height)
     outer = fig.add_gridspec(nrow, ncol, left=0.02, right=0.98, bottom=0.02,
-                             top=1.0 - 0.9 / height, wspace=0.1, hspace=0.22)
+                             top=1.0 - title_height / height, wspace=0.1, hspace=0.22)
     for r, iy in enumerate(rows):
         for c, ix in enumerate(cols):
             key = (int(iy), int(ix))
@@ -275,12 +343,6 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, figure=None):
                     status = " rejected" if cand.rejected else ""
                     ax.set_title(f"({cand.x:.0f}, {cand.y:.0f}){status}", fontsize=7,
                                  loc="left", color=colour, pad=2)
-    n_bad = sum(c.rejected for c in result.candidates)
-    fig.suptitle(
-        f"Kernel candidates: {len(chosen)} of {len(result.candidates)} cells shown, "
-        f"{n_bad} rejected (red frames)\n"
-        "S source, T target, M = S ⊛ own kernel; K spatial kernel here, R = M - T, "
-        f"Rs = S ⊛ K - T (residuals ±{100 * res_max:.2g}% of the target peak)", fontsize=9)
     return fig
 
 
@@ -334,8 +396,9 @@ def plot_basis(result, *, max_functions=100, figure=None):
                   interpolation="nearest")
         ax.set_title(labels[i], fontsize=6, pad=2)
     shown = f"first {n} of {kernel.n_basis}" if n < kernel.n_basis else f"{n}"
-    fig.suptitle(f"Kernel basis: {shown} images of {kernel.kernel_size}x{kernel.kernel_size} "
-                 "(B0 sums to 1, the others to 0)", fontsize=9)
+    _title(fig, f"Kernel basis: {shown} images of {kernel.kernel_size}x{kernel.kernel_size} "
+           "(B0 sums to 1, the others to 0; each on its own scale, red positive)",
+           1.5 * ncol + 0.4)
     return fig
 
 
@@ -351,7 +414,10 @@ def plot_kernel_mosaic(result, *, shape=None, n=5, difference=False, figure=None
     Kernels are drawn where they sit on the image (y up), all on one
     symmetric colour scale, so that negative pixels (blue) stand out. With
     ``difference=True`` each panel shows ``K(x, y) - K(centre)``: the
-    spatial variation alone.
+    spatial variation alone, on a scale never below a tenth of the match's
+    ``max_residual`` times the kernel peak (so that the round-off of a
+    constant kernel shows as faint, not as a full-contrast pattern); the
+    title gives the scale and the largest difference.
 
     Parameters
     ----------
@@ -376,13 +442,32 @@ def plot_kernel_mosaic(result, *, shape=None, n=5, difference=False, figure=None
     n = _check_count("n", n)
     xs, ys = _positions(shape, n)
     images = np.array([[kernel.evaluate(x, y) for x in xs] for y in ys])
+    k_peak = float(np.max(np.abs(images))) or 1.0
     if difference:
         images = images - kernel.evaluate((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
-    vmax = float(np.max(np.abs(images))) or 1.0
-    fig = _new_figure(figure, (1.6 * n + 1.2, 1.6 * n + 0.8))
+    largest = float(np.max(np.abs(images)))
+    vmax = largest or 1.0
+    if difference:
+        # a variation far below what the match was asked to reach (round-off of a
+        # constant kernel) is drawn faint, not autoscaled to full contrast
+        floor = _max_residual(result)
+        floor = 1e-12 if floor is None else _RESIDUAL_SCALE_FLOOR * floor
+        vmax = max(largest, floor * k_peak)
+    width = 1.6 * n + 1.2
+    if difference:
+        title = (f"Kernel variation K(x, y) - K(centre), {kernel.kernel_size}x"
+                 f"{kernel.kernel_size}: scale ±{vmax:.2g} ({100 * vmax / k_peak:.2g}% of the "
+                 f"kernel peak), largest {100 * largest / k_peak:.2g}%")
+    else:
+        title = (f"Kernel mosaic K(x, y), {kernel.kernel_size}x{kernel.kernel_size}, sum "
+                 f"{kernel.kernel_sum:.4g}: red positive, blue negative, scale ±{vmax:.2g}")
+    fig = _new_figure(figure, (width, 1.6 * n + 0.8))
+    title_height = _title(fig, title, width)
+    height = 1.6 * n + title_height + 0.1
+    if figure is None:
+        fig.set_size_inches(width, height)
     grid = fig.add_gridspec(n, n, left=0.03, right=0.86, bottom=0.03,
-                            top=1.0 - 0.7 / (1.6 * n + 0.8), wspace=0.06, hspace=0.22)
-    axes = []
+                            top=1.0 - title_height / height, wspace=0.06, hspace=0.22)
     for r in range(n):
         for c in range(n):
             ax = fig.add_subplot(grid[n - 1 - r, c])
@@ -390,12 +475,8 @@ def plot_kernel_mosaic(result, *, shape=None, n=5, difference=False, figure=None
             im = ax.imshow(images[r, c], origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                            interpolation="nearest")
             ax.set_title(f"x={xs[c]:.0f} y={ys[r]:.0f}", fontsize=6, pad=2)
-            axes.append(ax)
-    cax = fig.add_axes((0.89, 0.1, 0.025, 0.75))
+    cax = fig.add_axes((0.89, 0.1, 0.025, 0.7))
     fig.colorbar(im, cax=cax)
-    what = "K(x, y) - K(centre)" if difference else "K(x, y)"
-    fig.suptitle(f"Kernel mosaic: {what}, {kernel.kernel_size}x{kernel.kernel_size}, "
-                 f"sum {kernel.kernel_sum:.4g}", fontsize=9)
     return fig
 
 
@@ -428,7 +509,14 @@ def plot_spatial_coefficients(result, *, shape=None, functions=None, max_functio
     basis images whose coefficients vary most over the image, in basis
     order: coefficients that are the same everywhere (for example those of
     odd basis images when every PSF is symmetric) say nothing about the
-    spatial variation.
+    spatial variation. Each colour scale spans at least a millionth of the
+    largest coefficient shown, so that round-off is not drawn as structure.
+
+    Coefficients of overlapping basis functions (the Gaussians of an
+    Alard-Lupton basis) can trade off against each other while the kernel
+    stays the same: large opposite swings in two maps are not by themselves
+    a failure. `plot_kernel_moments` maps what the kernel does, which does
+    not depend on how it is expanded.
 
     Parameters
     ----------
@@ -479,17 +567,27 @@ def plot_spatial_coefficients(result, *, shape=None, functions=None, max_functio
     n = len(indices)
     ncol = math.ceil(math.sqrt(n))
     nrow = math.ceil(n / ncol)
-    fig = _new_figure(figure, (2.9 * ncol + 0.3, 2.5 * nrow + 0.7))
-    grid = fig.add_gridspec(nrow, ncol, left=0.05, right=0.96, bottom=0.04,
-                            top=1.0 - 0.7 / (2.5 * nrow + 0.7), wspace=0.4, hspace=0.3)
+    width = 3.1 * ncol + 0.3
+    which = "chosen" if functions is not None else "most varying"
+    order = "" if kernel.nodes is not None else f", order {kernel.spatial_order}"
+    fig = _new_figure(figure, (width, 2.7 * nrow + 0.7))
+    title_height = _title(
+        fig, f"Spatial model ({kernel.spatial_model}{order}): coefficients of the {n} "
+        f"{which} of {kernel.n_basis} basis images; dots: per-{_candidate_word(kernel)} fits"
+        "\noverlapping basis functions can trade coefficients off at the same kernel: "
+        "see the kernel moments figure", width)
+    height = 2.7 * nrow + title_height
+    if figure is None:
+        fig.set_size_inches(width, height)
+    grid = fig.add_gridspec(nrow, ncol, left=0.08, right=0.96, bottom=0.06,
+                            top=1.0 - title_height / height, wspace=0.45, hspace=0.45)
+    floor = 1e-6 * max(float(np.abs(maps[indices]).max()), 1e-300)
     for k, i in enumerate(indices):
         ax = fig.add_subplot(grid[k // ncol, k % ncol])
         values = maps[i]
         points = np.array([c.fit.coefficients[i] for c in candidates], dtype=float)
         everything = np.concatenate([values.ravel(), points])
-        lo, hi = float(everything.min()), float(everything.max())
-        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-            lo, hi = lo - 0.5, hi + 0.5
+        lo, hi = _span(float(everything.min()), float(everything.max()), floor)
         im = ax.imshow(values, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis",
                        vmin=lo, vmax=hi, aspect="equal")
         ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.0))
@@ -498,20 +596,227 @@ def plot_spatial_coefficients(result, *, shape=None, functions=None, max_functio
             cx = np.array([c.x for c in candidates])
             cy = np.array([c.y for c in candidates])
             ax.scatter(cx[~rejected], cy[~rejected], c=points[~rejected], cmap="viridis",
-                       vmin=lo, vmax=hi, s=18, edgecolors="white", linewidths=0.5)
+                       vmin=lo, vmax=hi, **_dot_style(len(candidates)))
             if rejected.any():
                 ax.scatter(cx[rejected], cy[rejected], c=_BAD_COLOUR, marker="x", s=18,
                            linewidths=1.0)
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y0, y1)
-        ax.tick_params(labelsize=6)
+        _field_axes(ax, x0, x1, y0, y1)
         ax.set_title(f"coefficient of B{i}", fontsize=8, pad=2)
         cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         cbar.ax.tick_params(labelsize=6)
-    which = "chosen" if functions is not None else "most varying"
-    fig.suptitle(f"Spatial model ({kernel.spatial_model}, order {kernel.spatial_order}): "
-                 f"coefficients of the {n} {which} of {kernel.n_basis} basis images; "
-                 "dots: per-cell fits", fontsize=9)
+    return fig
+
+
+def _dot_style(n):
+    """Scatter options of per-candidate dots: smaller and thinner when there are many."""
+    if n > 100:
+        return {"s": 6, "edgecolors": "white", "linewidths": 0.25}
+    return {"s": 18, "edgecolors": "white", "linewidths": 0.5}
+
+
+def _candidate_word(kernel):
+    return "node" if getattr(kernel, "nodes", None) is not None else "cell"
+
+
+def _span(lo, hi, floor):
+    """Colour limits: ``lo, hi`` widened about their middle to span at least ``floor``."""
+    if hi - lo < floor:
+        middle = (lo + hi) / 2.0
+        lo, hi = middle - floor / 2.0, middle + floor / 2.0
+    return lo, hi
+
+
+def _field_axes(ax, x0, x1, y0, y1):
+    """Limits, labels and small ticks of a map of the field."""
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("x (pixels)", fontsize=6, labelpad=1)
+    ax.set_ylabel("y (pixels)", fontsize=6, labelpad=1)
+    ax.tick_params(labelsize=6)
+
+
+#: What `plot_kernel_moments` maps: key of `kernel_moments`, label, unit, and the
+#: smallest colour span (variations below it are immaterial to any match).
+_MOMENT_PANELS = (
+    ("sigma2", "(Ixx + Iyy) / 2", "px²", 1e-4),
+    ("e1", "(Ixx - Iyy) / 2", "px²", 1e-4),
+    ("e2", "Ixy", "px²", 1e-4),
+    ("dx", "centroid x offset", "px", 1e-5),
+    ("dy", "centroid y offset", "px", 1e-5),
+    ("noise_gain", "noise gain sqrt(sum K²) / sum K", "", 1e-5),
+)
+
+
+def plot_kernel_moments(result, *, shape=None, resolution=24, figure=None):
+    """Maps of what the kernel does across the field: its width, shape, centroid and noise.
+
+    The kernel's own second moments, centroid and noise gain (see the
+    returned quantities below) as functions of position. Unlike the spatial
+    coefficients, they do not depend on how the kernel is expanded in its
+    basis, so a map that is flat means a kernel that does not vary. Second
+    moments add under convolution: for Gaussian PSFs ``(Ixx + Iyy) / 2`` is
+    ``sigma_target² - sigma_source²``, and ``(Ixx - Iyy) / 2`` and ``Ixy``
+    are the difference of the two PSFs' shapes; a negative value means the
+    kernel narrows the PSF along that direction. With a match result, each
+    candidate's own kernel is overplotted as a dot on the same colour scale
+    (red crosses: rejected). Each colour scale spans at least a small
+    immaterial amount (1e-4 px² for moments, 1e-5 px for centroids), so a
+    constant kernel is drawn as a flat map.
+
+    Parameters
+    ----------
+    result : MatchResult or SpatialKernel
+        A match result, or a kernel (then ``shape`` is required).
+    shape : tuple of int, optional
+        Image shape ``(ny, nx)``; default the result's.
+    resolution : int, optional
+        Map samples per axis.
+    figure : `~matplotlib.figure.Figure`, optional
+        Figure to draw into; default a new one.
+
+    Returns
+    -------
+    figure : `~matplotlib.figure.Figure`
+        With six map axes and their colour bars.
+    """
+    from matplotlib.patches import Rectangle
+
+    kernel = _kernel_of(result)
+    shape = _image_shape(result, shape)
+    resolution = _check_count("resolution", resolution, 2)
+    ny, nx = shape
+    xs, ys = np.linspace(0.0, nx - 1.0, resolution), np.linspace(0.0, ny - 1.0, resolution)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    maps = kernel_moments(kernel.evaluate_many(xx.ravel(), yy.ravel()))
+    candidates = [c for c in getattr(result, "candidates", []) if c.fit is not None]
+    own = kernel_moments(np.array([c.fit.kernel for c in candidates])) if candidates else None
+    width = 10.0
+    fig = _new_figure(figure, (width, 5.8))
+    title_height = _title(
+        fig, f"What the kernel does across the field ({kernel.kernel_size}x"
+        f"{kernel.kernel_size}, {kernel.spatial_model}): its moments, independent of the "
+        f"basis; dots: per-{_candidate_word(kernel)} own kernels", width)
+    # the panels' own two-line titles need room below the figure's
+    title_height += 0.3
+    height = 5.4 + title_height
+    if figure is None:
+        fig.set_size_inches(width, height)
+    grid = fig.add_gridspec(2, 3, left=0.07, right=0.95, bottom=0.08,
+                            top=1.0 - title_height / height, wspace=0.45, hspace=0.45)
+    extent = (-0.5, nx - 0.5, -0.5, ny - 0.5)
+    for k, (key, label, unit, floor) in enumerate(_MOMENT_PANELS):
+        ax = fig.add_subplot(grid[k // 3, k % 3])
+        values = maps[key].reshape(resolution, resolution)
+        points = own[key] if own is not None else np.zeros(0)
+        everything = np.concatenate([values.ravel(), points])
+        low, high = float(everything.min()), float(everything.max())
+        lo, hi = _span(low, high, floor)
+        im = ax.imshow(values, origin="lower", extent=extent, cmap="viridis", vmin=lo,
+                       vmax=hi, aspect="equal", interpolation="bilinear")
+        ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.0))
+        if candidates:
+            rejected = np.array([c.rejected for c in candidates])
+            cx = np.array([c.x for c in candidates])
+            cy = np.array([c.y for c in candidates])
+            ax.scatter(cx[~rejected], cy[~rejected], c=points[~rejected], cmap="viridis",
+                       vmin=lo, vmax=hi, **_dot_style(len(candidates)))
+            if rejected.any():
+                ax.scatter(cx[rejected], cy[rejected], c=_BAD_COLOUR, marker="x", s=18,
+                           linewidths=1.0)
+        _field_axes(ax, -0.5 - 0.02 * nx, nx - 0.5 + 0.02 * nx, -0.5 - 0.02 * ny,
+                    ny - 0.5 + 0.02 * ny)
+        suffix = f" {unit}" if unit else ""
+        ax.set_title(f"{label}\n{low:.4g} to {high:.4g}{suffix}", fontsize=7, pad=2)
+        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        cbar.ax.tick_params(labelsize=6)
+    return fig
+
+
+def plot_heldout(result, *, figure=None):
+    """Where in the field the kernel is worst: the residual at the held-out positions.
+
+    The verdict of a match (``result.metadata['quality']``) is measured at
+    quasi-random positions that no fit saw; this map shows, at each, the
+    largest ``|source ⊛ K(x, y) - target|`` relative to the target peak
+    (``result.heldout``), on a logarithmic colour scale. Positions above the
+    match's ``max_residual`` are ringed in red, the worst one is a star, and
+    the positions the kernel was fitted at (cells or nodes) are black
+    crosses. A histogram of the residuals against ``max_residual`` is on the
+    right.
+
+    Parameters
+    ----------
+    result : MatchResult
+        A match result.
+    figure : `~matplotlib.figure.Figure`, optional
+        Figure to draw into; default a new one.
+
+    Returns
+    -------
+    figure : `~matplotlib.figure.Figure`
+        With a map axes, its colour bar and a histogram axes.
+    """
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+
+    table = getattr(result, "heldout", None)
+    if table is None or len(table) == 0:
+        msg = "result has no held-out measurement (result.heldout); it must be a MatchResult"
+        raise ValueError(msg)
+    x, y = np.asarray(table["x"]), np.asarray(table["y"])
+    residual = np.maximum(np.asarray(table["residual_max"], dtype=float), 1e-16)
+    limit = _max_residual(result)
+    quality = result.metadata["quality"]
+    ny, nx = result.grid.shape
+    width = 11.0
+    fig = _new_figure(figure, (width, 6.0))
+    verdict = "passed" if quality.get("passed", True) else "NOT passed"
+    limit_text = "" if limit is None else f" (limit {limit:.2g}: {verdict})"
+    title_height = _title(
+        fig, f"Held-out residual max |S ⊛ K - T| / peak at {len(x)} positions no fit saw: "
+        f"largest {residual.max():.2g}{limit_text}, rms {quality['heldout_residual_rms']:.2g}",
+        width)
+    height = 5.6 + title_height
+    if figure is None:
+        fig.set_size_inches(width, height)
+    top = 1.0 - title_height / height
+    ax = fig.add_axes((0.07, 0.1, 0.5, top - 0.14))
+    # colours span the residuals; the histogram also spans the limit
+    norm = LogNorm(vmin=float(residual.min()) / 1.2, vmax=float(residual.max()) * 1.2)
+    low = min(float(residual.min()), limit if limit is not None else np.inf)
+    high = max(float(residual.max()), limit if limit is not None else 0.0)
+    points = ax.scatter(x, y, c=residual, cmap="magma", norm=norm, s=14, linewidths=0)
+    if limit is not None and (residual > limit).any():
+        above = residual > limit
+        ax.scatter(x[above], y[above], s=40, facecolors="none", edgecolors=_BAD_COLOUR,
+                   linewidths=1.0, label=f"above max_residual ({above.sum()})")
+    worst = int(np.argmax(residual))
+    ax.scatter([x[worst]], [y[worst]], marker="*", s=160, c="cyan", edgecolors="black",
+               linewidths=0.6, label=f"worst ({x[worst]:.0f}, {y[worst]:.0f})")
+    fx, fy = result.grid.positions()
+    many = len(fx) > 100
+    ax.scatter(fx, fy, marker="+", s=8 if many else 30, c="0.5" if many else "black",
+               linewidths=0.5 if many else 0.8,
+               label=f"fitted {_candidate_word(result.kernel)}s ({len(fx)})")
+    ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.0))
+    _field_axes(ax, -0.5 - 0.03 * nx, nx - 0.5 + 0.03 * nx, -0.5 - 0.03 * ny,
+                ny - 0.5 + 0.03 * ny)
+    ax.set_aspect("equal", adjustable="box")
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.08), ncol=3, fontsize=6,
+              framealpha=0.8)
+    cbar = fig.colorbar(points, ax=ax, fraction=0.046, pad=0.03)
+    cbar.set_label("max |S ⊛ K - T| / peak", fontsize=7)
+    cbar.ax.tick_params(labelsize=6)
+    hist = fig.add_axes((0.72, 0.14, 0.25, top - 0.2))
+    bins = np.geomspace(low / 1.5, high * 1.5, 30)
+    hist.hist(residual, bins=bins, color="0.4")
+    hist.set_xscale("log")
+    if limit is not None:
+        hist.axvline(limit, color=_BAD_COLOUR, ls="--", lw=1.0, label="max_residual")
+        hist.legend(fontsize=6)
+    hist.set_xlabel("max |S ⊛ K - T| / peak", fontsize=7)
+    hist.set_ylabel("held-out positions", fontsize=7)
+    hist.tick_params(labelsize=6)
     return fig
 
 
@@ -530,12 +835,15 @@ def _display_limits(data):
 
 
 def plot_cells(result, image=None, *, show_mask=True, figure=None):
-    """The cells and their candidates drawn over the image.
+    """The cells (or nodes) and their candidates drawn over the image.
 
     The image is shown on a zscale stretch with masked pixels (and NaN
-    pixels, such as the unmatched edge of a matched image) in orange. Cell
-    boundaries are white lines; the image outline is black. Candidates used
-    in the spatial fit are green circles, rejected ones red crosses.
+    pixels, such as the unmatched edge of a matched image) in orange. For
+    the reference's polynomial model, cell boundaries are white lines; for
+    the bilinear model, the node lines between which the kernel is
+    interpolated are dashed white lines. The image outline is black.
+    Candidates used in the spatial fit are green circles, rejected ones red
+    crosses. The legend names every colour.
 
     Parameters
     ----------
@@ -555,7 +863,8 @@ def plot_cells(result, image=None, *, show_mask=True, figure=None):
         With one axes.
     """
     from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Rectangle
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
 
     grid = result.grid
     if image is None:
@@ -566,10 +875,12 @@ def plot_cells(result, image=None, *, show_mask=True, figure=None):
         msg = f"image must have the shape of the matched image {grid.shape}, got {data.shape}"
         raise ValueError(msg)
     ny, nx = data.shape
-    fig = _new_figure(figure, (7.5, 7.5 * ny / nx + 0.6))
-    ax = fig.add_axes((0.08, 0.07, 0.88, 0.84))
+    height = 7.5 * ny / nx + 1.6
+    fig = _new_figure(figure, (7.5, height))
+    ax = fig.add_axes((0.1, 1.3 / height, 0.86, 1.0 - 1.8 / height))
     lo, hi = _display_limits(data)
     ax.imshow(data, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+    handles = []
     if show_mask:
         bad = ~np.isfinite(data)
         if mask is not None:
@@ -578,37 +889,58 @@ def plot_cells(result, image=None, *, show_mask=True, figure=None):
             ax.imshow(np.ma.masked_where(~bad, bad.astype(float)), origin="lower",
                       cmap=ListedColormap([_MASK_COLOUR]), alpha=0.7, vmin=0, vmax=1,
                       interpolation="nearest")
+            handles.append(Patch(facecolor=_MASK_COLOUR, alpha=0.7,
+                                 label=f"masked or NaN ({int(bad.sum())} px)"))
     n_y, n_x = grid.n_cells
-    for iy in range(n_y):
-        for ix in range(n_x):
-            cx0, cx1, cy0, cy1 = grid.cell_bounds(iy, ix)
-            ax.add_patch(Rectangle((cx0 - 0.5, cy0 - 0.5), cx1 - cx0, cy1 - cy0, fill=False,
-                                   ec="white", lw=0.6, alpha=0.8))
+    if isinstance(grid, NodeGrid):
+        for line in grid.nodes_x:
+            ax.axvline(line, color="white", ls="--", lw=0.6, alpha=0.8)
+        for line in grid.nodes_y:
+            ax.axhline(line, color="white", ls="--", lw=0.6, alpha=0.8)
+        handles.append(Line2D([], [], color="white", ls="--", lw=0.8,
+                              label="node lines (kernel interpolated between)"))
+    else:
+        for iy in range(n_y):
+            for ix in range(n_x):
+                cx0, cx1, cy0, cy1 = grid.cell_bounds(iy, ix)
+                ax.add_patch(Rectangle((cx0 - 0.5, cy0 - 0.5), cx1 - cx0, cy1 - cy0,
+                                       fill=False, ec="white", lw=0.6, alpha=0.8))
+        handles.append(Patch(facecolor="none", edgecolor="white", label="cell boundaries"))
     ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.5))
     good = [c for c in result.candidates if not c.rejected]
     bad_c = [c for c in result.candidates if c.rejected]
-    ax.scatter([c.x for c in good], [c.y for c in good], marker="o", s=30, facecolors="none",
-               edgecolors=_GOOD_COLOUR, linewidths=1.2, label=f"used ({len(good)})")
-    ax.scatter([c.x for c in bad_c], [c.y for c in bad_c], marker="x", s=40,
-               c=_BAD_COLOUR, linewidths=1.5, label=f"rejected ({len(bad_c)})")
+    handles.append(ax.scatter([c.x for c in good], [c.y for c in good], marker="o", s=30,
+                              facecolors="none", edgecolors=_GOOD_COLOUR, linewidths=1.2,
+                              label=f"candidates used ({len(good)})"))
+    handles.append(ax.scatter([c.x for c in bad_c], [c.y for c in bad_c], marker="x", s=40,
+                              c=_BAD_COLOUR, linewidths=1.5,
+                              label=f"candidates rejected ({len(bad_c)})"))
     bx0, bx1, by0, by1 = grid.bbox
     ax.set_xlim(min(bx0, 0) - 0.5 - 0.02 * nx, max(bx1, nx - 1) + 0.5 + 0.02 * nx)
     ax.set_ylim(min(by0, 0) - 0.5 - 0.02 * ny, max(by1, ny - 1) + 0.5 + 0.02 * ny)
     ax.set_xlabel("x (pixels)")
     ax.set_ylabel("y (pixels)")
     ax.tick_params(labelsize=7)
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    # the legend (dark frame: the white entries must show) sits below the image
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2,
+              fontsize=7, facecolor="0.6", framealpha=0.9)
     cy_, cx_ = grid.cell_size
-    ax.set_title(f"{n_y} x {n_x} cells of {cy_} x {cx_} pixels, one candidate each",
-                 fontsize=9)
+    if isinstance(grid, NodeGrid):
+        title = (f"{n_y} x {n_x} kernel nodes, spacing about {cy_} x {cx_} pixels: the "
+                 "kernel is solved at each and interpolated bilinearly between them")
+    else:
+        title = f"{n_y} x {n_x} cells of {cy_} x {cx_} pixels, one candidate each"
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     return fig
 
 
 def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100):
     """Write every diagnostic figure of a match as a PNG file.
 
-    The files are those of `DIAGNOSTIC_FILES`: ``cells.png``,
-    ``candidates.png``, ``basis.png``, ``kernel_mosaic.png`` and
+    The files are those of `DIAGNOSTIC_FILES`: ``heldout.png``
+    (`plot_heldout`), ``cells.png``, ``candidates.png``, ``basis.png``,
+    ``kernel_mosaic.png``, ``kernel_difference.png`` (the mosaic with
+    ``difference=True``), ``kernel_moments.png`` and
     ``spatial_coefficients.png``.
 
     Parameters
@@ -647,10 +979,13 @@ def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100)
             raise FileExistsError(msg)
     _new_figure(None, (1, 1))  # fail early without matplotlib
     makers = {
+        "heldout": lambda: plot_heldout(result),
         "cells": lambda: plot_cells(result, image),
         "candidates": lambda: plot_candidates(result),
         "basis": lambda: plot_basis(result),
         "kernel_mosaic": lambda: plot_kernel_mosaic(result),
+        "kernel_difference": lambda: plot_kernel_mosaic(result, difference=True),
+        "kernel_moments": lambda: plot_kernel_moments(result),
         "spatial_coefficients": lambda: plot_spatial_coefficients(result),
     }
     directory.mkdir(parents=True, exist_ok=True)

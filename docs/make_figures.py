@@ -4,9 +4,9 @@ Run from anywhere, after changing the diagnostics or the demo::
 
     python docs/make_figures.py
 
-The figures are those of ``astropsfmatch demo`` (1024 x 1024, seed 0), plus a
-kernel mosaic of differences from the centre. The documentation build only
-includes the committed PNG files: it runs nothing and needs no network.
+The figures are those of ``astropsfmatch demo`` (1024 x 1024, seed 0). The documentation build only
+includes the committed PNG files: it runs nothing and needs no network. The
+tutorial's figures are made by ``docs/_static/tutorial/tutorial_figures.py``.
 """
 
 from pathlib import Path
@@ -24,9 +24,7 @@ def main():
     result = matcher.match(demo.ccd, demo.target_psf, source_psf=demo.psf_model)
     FOLDER.mkdir(parents=True, exist_ok=True)
     paths = result.save_diagnostics(FOLDER, demo.ccd, overwrite=True, dpi=DPI)
-    extra = FOLDER / "kernel_mosaic_difference.png"
-    result.plot_kernel_mosaic(difference=True).savefig(extra, dpi=DPI)
-    for path in [*paths, extra]:
+    for path in paths:
         print(f"wrote {path} ({path.stat().st_size // 1024} kB)")
 
 

@@ -60,6 +60,5 @@ def quick_figures(monkeypatch):
     figure = pytest.importorskip("matplotlib.figure")
     from astropsfmatch import diagnostics
 
-    for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
-                 "plot_spatial_coefficients"):
+    for name in [n for n in diagnostics.__all__ if n.startswith("plot_")]:
         monkeypatch.setattr(diagnostics, name, lambda *a, **k: figure.Figure(figsize=(1, 1)))

@@ -228,10 +228,11 @@ class TestMatch:
 
     def test_diagnostics(self, science, tmp_path, capsys, quick_figures):
         output, folder = tmp_path / "out.fits", tmp_path / "figs"
-        status, _, err = run(["match", science, "-t", "gaussian:fwhm=4.5", "-o", output,
-                              "--diagnostics", folder, "--kernel-size", "11"], capsys)
+        status, out, err = run(["match", science, "-t", "gaussian:fwhm=4.5", "-o", output,
+                                "--diagnostics", folder, "--kernel-size", "11"], capsys)
         assert status == 0, err
         assert files_in(folder) == sorted(DIAGNOSTIC_FILES.values())
+        assert out.splitlines()[-1].startswith(f"  figures: 8 PNG files in {folder}/")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["figs", "out.fits",
                                                               "science.fits"]
 

@@ -148,8 +148,8 @@ class TestDefaults:
                                                                                     rel=1e-4)
         config = MatchConfig(kernel_basis="delta-function", max_condition_number=1e3)
         assert config.effective_max_condition_number == 1e3
-        assert MatchConfig(max_spatial_condition_number=1e10).effective_max_spatial_condition_number \
-            == 1e10
+        spatial = MatchConfig(max_spatial_condition_number=1e10)
+        assert spatial.effective_max_spatial_condition_number == 1e10
 
 
 class TestValidation:

@@ -142,8 +142,14 @@ class TestDemoCommand:
         lines = out.splitlines()
         assert lines[0].startswith("astropsfmatch ")
         assert " demo: 128x128 synthetic exposure, " in lines[0]
-        assert "star FWHM (px, circular Gaussian fit)" in out
+        assert "star FWHM (px, circular Gaussian fit) of the 9 bright probe stars" in out
         assert "kernel sum 1.000000, spatial condition number" in out
+        assert "(up to 4.5e+12 the float64 solve keeps three significant digits)" in out
+        assert lines[4].startswith("  quality: held-out residual max ")
+        assert lines[4].endswith("(passed: limit 0.01)")
+        assert lines[-1].startswith(f"  figures: 8 PNG files in {folder}/ (start with heldout")
+        assert lines[-2] == (f"  wrote 5 FITS files to {folder}/: science.fits, psf.fits, "
+                             "matched.fits, weights.fits, kernel.fits")
         assert "time (s): synthetic data" in out and "convolution" in out
         table = lines[lines.index("       x       y   before   after") + 1:][:9]
         after = np.array([float(line.split()[3]) for line in table])
@@ -176,9 +182,24 @@ class TestDemoCommand:
         assert main(["demo", "-o", str(folder), "--size", "128", "--no-figures",
                      "--overwrite"]) == 0
         out = capsys.readouterr().out
-        assert "wrote 5 files" in out
+        assert "wrote 5 FITS files" in out and "figures:" not in out
         assert sorted(p.name for p in folder.iterdir()) == sorted(FITS_FILES + ["notes.txt"])
         assert fits.getheader(folder / "matched.fits")["PSFMATCH"] is True
+
+    def test_verbose_says_what_was_chosen(self, tmp_path, capsys, caplog):
+        caplog.set_level("DEBUG", logger="astropy.astropsfmatch")
+        assert main(["demo", "-o", str(tmp_path), "--size", "128", "--no-figures", "-v"]) == 0
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+        assert messages[0].startswith("made a 128x128 synthetic exposure with ")
+        assert any(m.startswith("half-maximum FWHM: source ") for m in messages)
+        assert any(m.startswith("basis: alard-lupton, 27 functions of ") for m in messages)
+        assert any(m.startswith("match stages (s): basis choice ") for m in messages)
+        # without -v the command sets the level to WARNING: no INFO message
+        caplog.clear()
+        assert main(["demo", "-o", str(tmp_path), "--size", "128", "--no-figures",
+                     "--overwrite"]) == 0
+        assert not [r for r in caplog.records if r.levelname == "INFO"]
+        assert capsys.readouterr().err == ""
 
     def test_output_is_a_file(self, tmp_path, capsys):
         target = tmp_path / "file"

@@ -37,6 +37,21 @@ def result_with_rejected(result):
     return changed
 
 
+@pytest.fixture(scope="module")
+def nodes_result(demo):
+    """The same image matched with the defaults: a bilinear model between nodes."""
+    return match_psf(demo.ccd, demo.target_psf, source_psf=demo.psf_model)
+
+
+@pytest.fixture(scope="module")
+def exact_result():
+    """A constant PSF matched almost exactly: residuals are round-off."""
+    from photutils.psf import CircularGaussianPRF
+
+    return match_psf(np.zeros((128, 128)), CircularGaussianPRF(fwhm=5.0),
+                     source_psf=CircularGaussianPRF(fwhm=3.0))
+
+
 def constant_kernel(size=7):
     basis = make_alard_lupton_basis(size, [1.0], [1])
     coefficients = np.zeros((3, 1))
@@ -180,6 +195,104 @@ class TestSpatialCoefficients:
             diagnostics.plot_spatial_coefficients(result, functions=[27])
 
 
+class TestHeldout:
+    def test_table_is_the_verdict(self, nodes_result):
+        table, quality = nodes_result.heldout, nodes_result.metadata["quality"]
+        assert len(table) == quality["n_heldout"] >= 64
+        assert float(np.max(table["residual_max"])) == quality["heldout_residual_max"]
+        k = int(np.argmax(table["residual_max"]))
+        assert (float(table["x"][k]), float(table["y"][k])) == quality["worst_position"]
+        ny, nx = nodes_result.matched.shape
+        assert 0 <= np.min(table["x"]) and np.max(table["x"]) <= nx - 1
+        assert 0 <= np.min(table["y"]) and np.max(table["y"]) <= ny - 1
+        # the held-out positions are not the fitted ones
+        fx, fy = nodes_result.grid.positions()
+        distance = np.hypot(np.asarray(table["x"])[:, None] - fx,
+                            np.asarray(table["y"])[:, None] - fy)
+        assert distance.min() > 0.01
+
+    def test_map_and_histogram(self, nodes_result):
+        fig = nodes_result.plot_heldout()
+        assert len(fig.axes) == 3  # map, its colour bar, histogram
+        points = fig.axes[0].collections[0]
+        np.testing.assert_allclose(points.get_array(), nodes_result.heldout["residual_max"])
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert labels[0].startswith("worst (") and labels[1] == "fitted nodes (81)"
+        assert "passed" in fig.texts[0].get_text() or "passed" in fig._suptitle.get_text()
+
+    def test_positions_above_the_limit_are_ringed(self, nodes_result):
+        strict = copy.copy(nodes_result)
+        limit = float(np.median(nodes_result.heldout["residual_max"]))
+        strict.config = nodes_result.config.replace(max_residual=limit)
+        fig = diagnostics.plot_heldout(strict)
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        above = int(np.sum(np.asarray(nodes_result.heldout["residual_max"]) > limit))
+        assert labels[0] == f"above max_residual ({above})"
+
+    def test_needs_a_result(self, result):
+        with pytest.raises(ValueError, match="no held-out measurement"):
+            diagnostics.plot_heldout(result.kernel)
+
+
+class TestKernelMoments:
+    def test_second_moments_add(self):
+        # a Gaussian kernel from sigma_s to sigma_t has sigma2 = sigma_t**2 - sigma_s**2
+        from psf_models import gaussian_stamp
+
+        from astropsfmatch._engine.moments import kernel_moments
+
+        kernel = gaussian_stamp(41, np.sqrt(2.5**2 - 1.5**2))
+        moments = kernel_moments(kernel[None] * 3.0)  # any kernel sum
+        assert moments["sigma2"][0] == pytest.approx(2.5**2 - 1.5**2, rel=1e-6)
+        assert abs(moments["e1"][0]) < 1e-12 and abs(moments["e2"][0]) < 1e-12
+        assert abs(moments["dx"][0]) < 1e-12 and abs(moments["dy"][0]) < 1e-12
+        assert moments["noise_gain"][0] == pytest.approx(np.sqrt((kernel**2).sum()))
+
+    def test_maps_of_a_varying_kernel(self, nodes_result):
+        fig = nodes_result.plot_kernel_moments(resolution=6)
+        assert len(fig.axes) == 2 * 6
+        width = fig.axes[0].get_images()[0].get_array()
+        assert width.shape == (6, 6) and np.ptp(width) > 0.1  # the PSF broadens: px²
+        assert len(fig.axes[0].collections[0].get_offsets()) == 81  # the nodes' own kernels
+
+    def test_constant_kernel_is_drawn_flat(self, exact_result):
+        fig = diagnostics.plot_kernel_moments(exact_result, resolution=4)
+        for ax, (_, _, _, floor) in zip(fig.axes[::2], diagnostics._MOMENT_PANELS,
+                                        strict=True):
+            lo, hi = ax.get_images()[0].get_clim()
+            assert hi - lo >= floor * (1 - 1e-9)
+
+
+class TestResidualScale:
+    def test_round_off_is_not_drawn_at_full_contrast(self, exact_result):
+        fig = exact_result.plot_candidates()
+        residual_panels = [ax for ax in fig.axes
+                           if any(t.get_text().endswith("%") for t in ax.texts)]
+        assert residual_panels
+        lo, hi = residual_panels[0].get_images()[0].get_clim()
+        assert hi == -lo == pytest.approx(0.1 * exact_result.config.max_residual)
+        assert "residual scale ±0.1% of the target peak" in fig._suptitle.get_text()
+
+    def test_chosen_scale(self, exact_result):
+        fig = exact_result.plot_candidates(residual_scale=1e-9)
+        lo, hi = fig.axes[4].get_images()[0].get_clim()
+        assert hi == pytest.approx(1e-9)
+        with pytest.raises(ValueError, match="residual_scale must be"):
+            exact_result.plot_candidates(residual_scale=-1.0)
+
+    def test_title_fits_a_narrow_figure(self, exact_result):
+        fig = exact_result.plot_candidates()
+        width = fig.get_size_inches()[0]
+        longest = max(len(line) for line in fig._suptitle.get_text().split("\n"))
+        assert longest * 0.55 * 9 / 72 <= width  # no line wider than the figure
+
+    def test_difference_mosaic_of_a_constant_kernel(self, exact_result):
+        fig = exact_result.plot_kernel_mosaic(n=2, difference=True)
+        lo, hi = fig.axes[0].get_images()[0].get_clim()
+        peak = float(np.abs(exact_result.kernel.evaluate(0, 0)).max())
+        assert hi == pytest.approx(0.1 * exact_result.config.max_residual * peak)
+
+
 class TestCells:
     def test_one_axes_over_the_input(self, result, demo):
         fig = diagnostics.plot_cells(result, demo.ccd)
@@ -197,7 +310,18 @@ class TestCells:
     def test_rejected_in_legend(self, result_with_rejected):
         fig = diagnostics.plot_cells(result_with_rejected)
         labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        assert labels == ["used (14)", "rejected (2)"]
+        assert labels[0].startswith("masked or NaN (")  # every colour has an entry
+        assert labels[1:] == ["cell boundaries", "candidates used (14)",
+                              "candidates rejected (2)"]
+
+    def test_node_lines(self, nodes_result):
+        fig = diagnostics.plot_cells(nodes_result)
+        ax = fig.axes[0]
+        nodes_x, nodes_y = nodes_result.kernel.nodes
+        assert len(ax.lines) == nodes_x.size + nodes_y.size
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "node lines (kernel interpolated between)" in labels
+        assert "kernel nodes" in ax.get_title()
 
     def test_wrong_image_shape(self, result):
         with pytest.raises(ValueError, match="image must have the shape of the matched image"):
@@ -227,12 +351,11 @@ class TestSaveDiagnostics:
         def tiny(*args, **kwargs):
             return Figure(figsize=(1, 1))
 
-        for name in ("plot_cells", "plot_candidates", "plot_basis", "plot_kernel_mosaic",
-                     "plot_spatial_coefficients"):
+        for name in [n for n in diagnostics.__all__ if n.startswith("plot_")]:
             monkeypatch.setattr(diagnostics, name, tiny)
         (tmp_path / "basis.png").write_text("replace me")
         paths = diagnostics.save_diagnostics(result, tmp_path, overwrite=True, dpi=10)
-        assert len(paths) == 5
+        assert len(paths) == len(diagnostics.DIAGNOSTIC_FILES) == 8
         assert (tmp_path / "basis.png").read_bytes()[:8] == PNG_SIGNATURE
 
 

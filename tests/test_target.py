@@ -209,7 +209,7 @@ class TestErrors:
         with pytest.raises(ValueError, match="margin must be a finite number >= 1"):
             common_target_psf([CircularGaussianPSF(fwhm=3.0)], margin=margin)
 
-    @pytest.mark.parametrize("beta", [1.0, 0.5, np.nan])
+    @pytest.mark.parametrize("beta", [1.0, 0.5, np.nan, 2e6])
     def test_beta(self, beta):
         with pytest.raises(ValueError, match="beta must be a finite number > 1"):
             common_target_psf([CircularGaussianPSF(fwhm=3.0)], profile="moffat", beta=beta)
@@ -218,9 +218,9 @@ class TestErrors:
         target = common_target_psf([CircularGaussianPSF(fwhm=3.0)], beta=0.5)
         assert target.beta is None
 
-    @pytest.mark.parametrize("n_samples", [1, 0, 2.5, True])
+    @pytest.mark.parametrize("n_samples", [1, 0, 2.5, True, 1001])
     def test_n_samples(self, n_samples):
-        with pytest.raises(ValueError, match="n_samples must be an integer >= 2"):
+        with pytest.raises(ValueError, match=r"n_samples must be an integer in \[2, 1000\]"):
             common_target_psf([CircularGaussianPSF(fwhm=3.0)], n_samples=n_samples)
 
     def test_shapes_length(self):
@@ -232,3 +232,34 @@ class TestErrors:
     def test_bad_shape(self, shape):
         with pytest.raises(ValueError, match=r"shapes\[0\] must be an image shape \(ny, nx\)"):
             common_target_psf([CircularGaussianPSF(fwhm=3.0)], shapes=[shape])
+
+
+class TestCommonTargetAsTarget:
+    """A CommonTarget is accepted wherever a target PSF is (what users pass first)."""
+
+    def test_match_psf_and_match_many(self):
+        from astropsfmatch import match_many, match_psf
+
+        source = CircularGaussianPRF(fwhm=3.0)
+        target = common_target_psf([source, CircularGaussianPRF(fwhm=3.6)])
+        image = np.zeros((96, 96))
+        by_object = match_psf(image, target, source_psf=source)
+        by_psf = match_psf(image, target.psf, source_psf=source)
+        np.testing.assert_array_equal(by_object.kernel.evaluate(10, 20),
+                                      by_psf.kernel.evaluate(10, 20))
+        assert by_object.matched.meta["PSFMTPSF"] == by_psf.matched.meta["PSFMTPSF"]
+        assert by_object.matched.meta["PSFMTPSF"].startswith("CircularGaussianPRF")
+        many = match_many([CCDData(image, unit="adu")], target, source_psfs=[source])
+        assert len(many) == 1
+
+    def test_an_image_is_not_taken_for_its_psf(self):
+        image = NDData(np.zeros((9, 9)), psf=np.ones((3, 3)))
+        with pytest.raises(TypeError, match="target_psf must be a photutils PSF model"):
+            as_psf(image, name="target_psf")
+
+    def test_an_object_holding_no_psf(self):
+        class Holder:
+            psf = "a string"
+
+        with pytest.raises(TypeError, match="got an object of type Holder"):
+            as_psf(Holder(), name="target_psf")

@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 from astropy.modeling import Model
+from astropy.nddata import NDData
 from astropy.units import Quantity
 from astropy.utils.exceptions import AstropyUserWarning
 from photutils.psf import GriddedPSFModel, ImagePSF, make_psf_model
@@ -147,6 +148,20 @@ def realize_psf(model, x, y, size=None):
     return psf.stamps(x, y, size)[0]
 
 
+def held_psf(psf):
+    """The PSF an object holds in its ``psf`` attribute (e.g. a `CommonTarget`), or ``psf``.
+
+    Only an object that is not itself a model, an array or an image (whose
+    ``psf`` is the PSF *of* the image) is unwrapped, and only when what it
+    holds is a model or an array: so ``common_target_psf(...)`` can be
+    passed wherever a PSF is, as users try first.
+    """
+    if isinstance(psf, (Model, np.ndarray, list, tuple, PSFAdapter, PSFExPSF, NDData)):
+        return psf
+    held = getattr(psf, "psf", None)
+    return held if isinstance(held, (Model, np.ndarray)) else psf
+
+
 def as_psf(psf, *, name="source_psf", psf_size=None):
     """
     Validate a PSF input and wrap it in a `PSFAdapter` object.
@@ -154,7 +169,10 @@ def as_psf(psf, *, name="source_psf", psf_size=None):
     Parameters
     ----------
     psf : `~astropy.modeling.Model`, 2-D array_like or `PSFAdapter`
-        The PSF (see `realize_psf`). A `PSFAdapter` is returned unchanged.
+        The PSF (see `realize_psf`). A `PSFAdapter` is returned unchanged;
+        an object holding a PSF in its ``psf`` attribute, such as the
+        `~astropsfmatch.CommonTarget` of `~astropsfmatch.common_target_psf`,
+        stands for that PSF.
     name : str, optional
         The parameter name used in error messages.
     psf_size : odd int >= 3 or `None`, optional
@@ -170,6 +188,7 @@ def as_psf(psf, *, name="source_psf", psf_size=None):
     """
     if isinstance(psf, PSFAdapter):
         return psf
+    psf = held_psf(psf)
     if psf_size is not None:
         psf_size = integer(3, odd=True)("psf_size", psf_size)
     if isinstance(psf, GriddedPSFModel):
@@ -361,6 +380,12 @@ class _ArrayPSF(_ConstantPSF):
             nbad = int(np.count_nonzero(~np.isfinite(data)))
             msg = f"{name} must contain only finite values, got {nbad} non-finite of {data.size}"
             raise ValueError(msg)
+        largest = float(np.max(np.abs(data))) if data.size else 0.0
+        if 0.0 < largest < np.finfo(np.float64).tiny:
+            msg = (f"{name} has only subnormal values (largest {largest!r}): its shape is lost "
+                   "to round-off; scale the array (a PSF is normalized to unit sum anyway)")
+            raise ValueError(msg)
+        data = _moderate_scale(data)
         total = float(data.sum())
         if not total > 0:
             msg = f"{name} must have a positive sum, got {total!r}"
@@ -736,6 +761,24 @@ def _ring_sums(stamp):
 _MIN_POSITIVE_FRACTION = 1e-2
 
 #: Largest offset (pixels) of a PSF array's peak or centroid from its centre pixel.
+#: A PSF array whose largest value is outside this range is rescaled by a power of two
+#: (exact), so that its sums and moments neither overflow nor underflow.
+_MODERATE_RANGE = (2.0**-100, 2.0**100)
+
+
+def _moderate_scale(data):
+    """``data`` divided by the power of two nearest its largest |value|, when that is extreme.
+
+    A PSF is normalized to unit sum anyway: the factor changes nothing but
+    keeps ``sum``, products and moments of 1e300-sized values finite.
+    """
+    largest = float(np.max(np.abs(data))) if data.size else 0.0
+    if largest == 0.0 or _MODERATE_RANGE[0] <= largest <= _MODERATE_RANGE[1]:
+        return data
+    _, exponent = np.frexp(largest)
+    return np.ldexp(data, -int(exponent))
+
+
 _CENTRE_TOLERANCE = 0.5
 
 

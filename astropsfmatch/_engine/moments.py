@@ -150,6 +150,14 @@ def adaptive_moments(stamps, *, iterations=20):
     # start from the unweighted moments, floored at a pixel
     cxx, cyy, cxy = np.maximum(ixx, 0.5), np.maximum(iyy, 0.5), np.clip(ixy, -0.4, 0.4)
     mx = my = np.zeros(len(stamps))
+    # a stamp whose light is all where the weight is ~0 (e.g. a delta function far from
+    # the centre) gets NaN moments, which every check downstream reads as a failure
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _adaptive_iterations(stamps, dx, dy, mx, my, cxx, cyy, cxy, iterations)
+
+
+def _adaptive_iterations(stamps, dx, dy, mx, my, cxx, cyy, cxy, iterations):
+    """The fixed-point iterations of `adaptive_moments`."""
     for _ in range(iterations):
         det = cxx * cyy - cxy**2
         ux, uy = dx[None] - mx[:, None, None], dy[None] - my[:, None, None]
@@ -178,3 +186,32 @@ def ellipticity(ixx, iyy, ixy):
     major = largest_eigenvalue(ixx, iyy, ixy)
     minor = np.maximum(smallest_eigenvalue(ixx, iyy, ixy), 0.0)
     return 1.0 - np.sqrt(minor / major)
+
+
+def kernel_moments(kernels):
+    """What each kernel of a stack (n, K, K) does, independent of how it is expanded.
+
+    Kernels solved on overlapping basis functions can trade coefficients
+    off against each other (a near null space) while the kernel images stay
+    the same; these quantities are properties of the images alone. Second
+    moments of a convolution add, so for Gaussian PSFs ``sigma2`` is
+    ``sigma_target**2 - sigma_source**2`` and ``e1``, ``e2`` the difference
+    of the two PSFs' shapes.
+
+    Returns
+    -------
+    moments : dict of ndarray
+        ``dx``, ``dy``: centroid offsets from the centre pixel (px);
+        ``sigma2``: ``(Ixx + Iyy) / 2`` (px²); ``e1``: ``(Ixx - Iyy) / 2``
+        and ``e2``: ``Ixy`` (px²); ``noise_gain``: ``sqrt(sum K**2) / sum K``
+        (the output noise of unit white input noise per unit kernel sum).
+    """
+    kernels = np.asarray(kernels, dtype=np.float64)
+    size = kernels.shape[-1]
+    offsets = np.arange(size, dtype=np.float64) - size // 2
+    total = kernels.sum(axis=(1, 2))
+    dx = kernels.sum(axis=1) @ offsets / total
+    dy = kernels.sum(axis=2) @ offsets / total
+    ixx, iyy, ixy = second_moments(kernels)
+    return {"dx": dx, "dy": dy, "sigma2": (ixx + iyy) / 2.0, "e1": (ixx - iyy) / 2.0,
+            "e2": ixy, "noise_gain": np.sqrt((kernels**2).sum(axis=(1, 2))) / np.abs(total)}

@@ -104,7 +104,9 @@ def verdict(models, target_window, kernels, x, y, source_fwhm):
         ``target_ellipticity_max`` (``1 - b/a`` of adaptive moments),
         ``noise_gain`` (largest ``sqrt(sum K**2)``: the output noise of white
         input noise of unit variance) and ``noise_gain_gaussian`` (that of a
-        Gaussian kernel from the source to the target width), ``n_heldout``.
+        Gaussian kernel from the source to the target width), ``n_heldout``;
+        and per position, ``positions`` ``(x, y)`` and
+        ``residual_max_per_position``.
     """
     peaks = target_window.max(axis=(1, 2))
     residuals = (models - target_window) / peaks[:, None, None]
@@ -129,6 +131,7 @@ def verdict(models, target_window, kernels, x, y, source_fwhm):
         "noise_gain_gaussian": gaussian_noise_gain(source_fwhm, float(np.median(target_fwhm)),
                                                    kernels.shape[-1]),
         "residual_max_per_position": worst,
+        "positions": (np.asarray(x, dtype=float), np.asarray(y, dtype=float)),
     }
 
 

@@ -31,6 +31,7 @@ from ..config import MatchConfig
 from . import policy
 from .provenance import (
     MATCH_HISTORY,
+    heldout_table,
     match_metadata,
     match_record,
     quality_summary,
@@ -138,6 +139,8 @@ class ModelPsfMatcher:
         policy.check_shape(shape, self.config)
         policy.warn_if_outside_grid(source, shape, stacklevel=5)
         config, choice = policy.resolve_basis(self.config, source, target, shape)
+        if self.config.kernel_size is None:  # the size chosen from the PSF widths must fit too
+            policy.check_shape(shape, config)
         prefit = choice.pop("fit", None)
         auto = self.config.kernel_basis == "auto"
         timings["basis_choice"] = time.perf_counter() - t0
@@ -147,6 +150,7 @@ class ModelPsfMatcher:
         else:
             fit = self._solve_cells(shape, source, target, config, auto, timings)
         config, grid, sources, targets, unit, verdict = fit
+        policy.check_cancellation(unit.kernel, shape)
         verdict["basis_choice"] = choice
 
         size = sources.shape[-1]
@@ -243,8 +247,7 @@ class ModelPsfMatcher:
             tried.append((factor, grid.n_candidates, residual))
             level = (residual, factor, grid, sources, targets, unit)
             if best is not None and not residual < policy.REFINE_IMPROVEMENT * best[0]:
-                best = level if residual < best[0] else best
-                break
+                break  # the coarser level is as good: fewer nodes, fewer kernel pieces
             previous, best = best, level
             if previous is not None and residual > policy.REFINE_PREDICTED * previous[0]:
                 break  # the next level would gain less than REFINE_IMPROVEMENT
@@ -350,7 +353,8 @@ class ModelPsfMatcher:
         return MatchResult(matched=matched, kernel=kernel, candidates=solved.candidates,
                            metadata=metadata, weights=weights,
                            target_psf=solved.target_stamp, config=solved.config,
-                           grid=solved.grid, basis=solution.basis, source_psf=parsed.psf)
+                           grid=solved.grid, basis=solution.basis, source_psf=parsed.psf,
+                           heldout=heldout_table(solved.quality))
 
 
 def match_psf(image, target_psf, *, source_psf=None, kernel_sum=1.0, config=None, workers=None,

@@ -10,6 +10,7 @@ comment)}``, short keys, no arrays) that go into the output's ``meta``.
 import numpy as np
 
 from .._about import __version__
+from .._adapters.psf import held_psf
 
 __all__ = []  # internal to the package: nothing here is public
 
@@ -30,6 +31,23 @@ def summary(values):
             "std": float(values.std()), "max": float(values.max())}
 
 
+#: Entries of the held-out verdict with one value per position: in `MatchResult.heldout`,
+#: not in ``metadata['quality']``.
+PER_POSITION = ("positions", "residual_max_per_position")
+
+
+def heldout_table(quality):
+    """The held-out positions and the largest residual at each, as a `~astropy.table.Table`."""
+    from astropy.table import Table
+
+    x, y = quality["positions"]
+    table = Table({"x": x, "y": y, "residual_max": quality["residual_max_per_position"]})
+    table["x"].description = "held-out x (pixels, 0-based)"
+    table["y"].description = "held-out y (pixels, 0-based)"
+    table["residual_max"].description = "max |source * K(x, y) - target| / target peak"
+    return table
+
+
 def match_metadata(solution, candidates, grid, target_stamp, *, kernel_sum, config,
                    requested_order, quality):
     """The ``metadata`` dictionary of a `MatchResult` (timings are added by the matcher)."""
@@ -45,8 +63,7 @@ def match_metadata(solution, candidates, grid, target_stamp, *, kernel_sum, conf
     if kernel.nodes is not None:
         spatial["nodes"] = (kernel.nodes[1].size, kernel.nodes[0].size)
         spatial["node_subdivision"] = config.node_subdivision
-    verdict = {key: value for key, value in quality.items()
-               if key != "residual_max_per_position"}
+    verdict = {key: value for key, value in quality.items() if key not in PER_POSITION}
     verdict["max_residual"] = config.max_residual
     verdict["passed"] = bool(verdict["heldout_residual_max"] <= config.max_residual)
     return {
@@ -68,6 +85,7 @@ def match_metadata(solution, candidates, grid, target_stamp, *, kernel_sum, conf
 
 def describe_psf(psf):
     """A short description of a PSF for a header: its class and FWHM if it has one."""
+    psf = held_psf(psf)
     described = type(psf).__name__
     fwhm = getattr(psf, "fwhm", None)
     if fwhm is not None and np.ndim(getattr(fwhm, "value", fwhm)) == 0:

@@ -63,6 +63,11 @@ class MatchResult:
         The basis of the kernel, with a label per function.
     source_psf : object
         The source PSF the match used (the model or array it was given).
+    heldout : `~astropy.table.Table`
+        The held-out positions of the verdict (``x``, ``y``, 0-based pixels)
+        and the largest ``|source ⊛ K(x, y) - target| / peak`` at each
+        (``residual_max``): where in the field the kernel is worst (see
+        `~astropsfmatch.diagnostics.plot_heldout`).
     """
 
     matched: object
@@ -75,6 +80,7 @@ class MatchResult:
     grid: CellGrid = None
     basis: KernelBasis = None
     source_psf: object = None
+    heldout: object = None
 
     def __repr__(self):
         shape = self.matched.shape
@@ -142,6 +148,18 @@ class MatchResult:
         from ..diagnostics import plot_spatial_coefficients
 
         return plot_spatial_coefficients(self, **kwargs)
+
+    def plot_heldout(self, **kwargs):
+        """Held-out residual map: see `astropsfmatch.diagnostics.plot_heldout`."""
+        from ..diagnostics import plot_heldout
+
+        return plot_heldout(self, **kwargs)
+
+    def plot_kernel_moments(self, **kwargs):
+        """Kernel moment maps: see `astropsfmatch.diagnostics.plot_kernel_moments`."""
+        from ..diagnostics import plot_kernel_moments
+
+        return plot_kernel_moments(self, **kwargs)
 
     def plot_cells(self, image=None, **kwargs):
         """The cells over an image: see `astropsfmatch.diagnostics.plot_cells`."""
