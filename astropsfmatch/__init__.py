@@ -42,7 +42,7 @@ from ._engine.kernel import SpatialKernel
 from ._engine.solve import KernelSolutionError
 from ._engine.weights import inverse_variance_weights
 from ._logging import log  # noqa: F401 - the package logger, astropy.astropsfmatch
-from ._workflow.coadd import coadd
+from ._workflow.coadd import coadd, coadd_psf_matched
 from ._workflow.many import ManyResult, match_many
 from ._workflow.matcher import ModelPsfMatcher, match_psf
 from ._workflow.result import MatchQualityWarning, MatchResult
@@ -77,6 +77,7 @@ __all__ = [
     "StarCheck",
     "alard_lupton_sigmas",
     "coadd",
+    "coadd_psf_matched",
     "common_target_psf",
     "convolve_spatially_varying",
     "estimate_psf",
