@@ -30,9 +30,34 @@ import scipy.signal
 
 from astropsfmatch._engine import convolve as convolve_module
 from astropsfmatch._engine.basis import make_alard_lupton_basis
-from astropsfmatch._engine.convolve import _squared_monomials, _tiling, convolve_spatially_varying
+from astropsfmatch._engine.convolve import convolve_spatially_varying
 from astropsfmatch._engine.kernel import SpatialKernel
-from astropsfmatch._engine.spatial import n_spatial_terms
+from astropsfmatch._engine.spatial import n_spatial_terms, spatial_exponents
+
+
+def squared_monomials(exponents, images):
+    """Monomial form of the squared kernel (as the package computes it)."""
+    order = int(exponents.sum(axis=1).max())
+    exponents2 = spatial_exponents(2 * order)
+    index = {tuple(e): q for q, e in enumerate(exponents2.tolist())}
+    images2 = np.zeros((len(exponents2), *images.shape[1:]))
+    for n in range(len(exponents)):
+        for m in range(n, len(exponents)):
+            q = index[(int(exponents[n, 0] + exponents[m, 0]),
+                       int(exponents[n, 1] + exponents[m, 1]))]
+            images2[q] += (1.0 if n == m else 2.0) * images[n] * images[m]
+    return exponents2, images2
+
+
+def tiling(size, half, fft_length=256):
+    """FFT length, output step and output starts of overlap-save tiles along one axis."""
+    valid = size - 2 * half
+    target = max(fft_length, 4 * (2 * half + 1))
+    n_tiles = -(-valid // max(target - 2 * half, 1))
+    step = -(-valid // n_tiles)
+    length = scipy.fft.next_fast_len(step + 2 * half, real=True)
+    step = length - 2 * half
+    return length, step, list(range(half, size - half, step))
 
 
 def make_inputs(size, kernel_size, order, seed=1):
@@ -88,7 +113,7 @@ def design_whole(data, variance, kernel, workers):
     """One FFT of the whole image, one full inverse FFT per monomial image."""
     exponents, images = kernel.monomial_kernels()
     images = images / kernel.kernel_sum
-    exponents2, images2 = _squared_monomials(exponents, images)
+    exponents2, images2 = squared_monomials(exponents, images)
     half = kernel.kernel_size // 2
     shape = [scipy.fft.next_fast_len(n + 2 * half, real=True) for n in data.shape]
     out = []
@@ -110,10 +135,10 @@ def design_tiled_plain(data, variance, kernel, workers):
     """The package's tiling, one 2-D inverse FFT per monomial (no y/x split)."""
     exponents, images = kernel.monomial_kernels()
     images = images / kernel.kernel_sum
-    exponents2, images2 = _squared_monomials(exponents, images)
+    exponents2, images2 = squared_monomials(exponents, images)
     half, size = kernel.kernel_size // 2, kernel.kernel_size
-    ly, step_y, starts_y = _tiling(data.shape[0], half)
-    lx, step_x, starts_x = _tiling(data.shape[1], half)
+    ly, step_y, starts_y = tiling(data.shape[0], half)
+    lx, step_x, starts_x = tiling(data.shape[1], half)
     xn, yn = kernel.normalize_xy(np.arange(data.shape[1]), np.arange(data.shape[0]))
     out = []
     for plane, exps, kernels in ((data, exponents, images), (variance, exponents2, images2)):
@@ -218,7 +243,8 @@ def main(argv=None):
     for length in args.fft_lengths:
         convolve_module._FFT_LENGTH = length
         wall, cpu, _ = timed(run_package, args.repeat)
-        print(f"  tile FFT length {length:5d} ({_tiling(args.size, args.kernel_size // 2)[0]}): "
+        fft = tiling(args.size, args.kernel_size // 2, length)[0]
+        print(f"  tile FFT length {length:5d} ({fft}): "
               f"{wall:7.3f} s wall, {cpu:6.3f} s CPU, ratio {wall / f_wall:5.2f}")
     convolve_module._FFT_LENGTH = default_length
 

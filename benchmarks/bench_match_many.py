@@ -14,9 +14,18 @@ runs; only paths come back) in each mode:
 
 Before timing, every worker matches a small image once (imports, numba cache
 loads), so the table shows the steady-state throughput; the cluster start-up
-and warm-up times are printed separately. The speed-up is relative to the
-serial run. Timings on a shared machine are noisy: use ``--repeat`` and read
-the best.
+and warm-up times are reported separately. For each mode:
+
+* throughput: exposures per second of the whole call;
+* task time: the median time of one exposure where it ran (read, match,
+  write), as ``match_many`` measures it (``ManyResult.durations``);
+* overhead per exposure: what the call costs beyond the tasks themselves,
+  ``elapsed * slots / n - mean(task time)`` with ``slots`` worker threads:
+  scheduling, sending the task (paths, PSF models, configuration) and
+  collecting its result (two paths), and the idle slots at the end;
+* worker peak memory: the increase of each worker process's peak resident
+  size (reset after the warm-up) during the run, relative to one exposure's
+  arrays in memory (data and uncertainty).
 
 Example::
 
@@ -105,6 +114,91 @@ def run(paths, psfs, target, config, output_dir, repeat, client=None):
     return best, last
 
 
+def _reset_peak():
+    """In a worker: reset its peak resident size (VmHWM); return its resident size."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS")
+
+
+def _status(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+def _peak():
+    return _status("VmHWM")
+
+
+def _figures(label, n_exposures, slots, elapsed, result, exposure_bytes, startup=0.0,
+             memory=None):
+    durations = np.asarray(result.durations, dtype=float)
+    row = {"mode": label, "slots": slots, "elapsed": elapsed,
+           "throughput": n_exposures / elapsed, "task_median": float(np.median(durations)),
+           "task_mean": float(durations.mean()),
+           "overhead": elapsed * slots / n_exposures - float(durations.mean()),
+           "startup": startup}
+    row["overhead_fraction"] = row["overhead"] / row["task_mean"]
+    if memory is not None:
+        row["worker_peak_increase"] = max(memory)
+        row["worker_peak_ratio"] = max(memory) / exposure_bytes
+    return row
+
+
+def run_cluster(*, n_exposures=8, size=2048, workers=(1, 2), threads=(), repeat=1,
+                verbose=True):
+    """Every figure of this benchmark (dict): serial, then each LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    config = MatchConfig()
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        t0 = time.perf_counter()
+        made = [make_exposure(i, size, directory) for i in range(n_exposures)]
+        paths, psfs = [p for p, _ in made], [q for _, q in made]
+        target = common_target_psf(psfs, shapes=(size, size)).psf
+        exposure_bytes = size * size * (4 + 4)  # float32 data and uncertainty
+        if verbose:
+            print(f"  cluster: {n_exposures} exposures of {size}x{size} float32 made in "
+                  f"{time.perf_counter() - t0:.1f} s; target {target.fwhm.value:.3f} px",
+                  flush=True)
+        output_dir = os.path.join(directory, "out")
+        # serial, after one warm-up match in this process
+        warm = match_many(paths[:1], target, source_psfs=psfs[:1], config=config,
+                          output_dir=output_dir, overwrite=True, progress=False)
+        if warm.errors:
+            raise RuntimeError(f"failures: {warm.errors}")
+        elapsed, result = run(paths, psfs, target, config, output_dir, repeat)
+        rows.append(_figures("serial (no client)", n_exposures, 1, elapsed, result,
+                             exposure_bytes))
+        for n_workers, n_threads in [(n, 1) for n in workers] + [(1, t) for t in threads]:
+            t0 = time.perf_counter()
+            with LocalCluster(n_workers=n_workers, threads_per_worker=n_threads,
+                              processes=True, dashboard_address=":0") as cluster, \
+                    Client(cluster) as client:
+                warm_up(client, target, config)
+                startup = time.perf_counter() - t0
+                before = client.run(_reset_peak)
+                elapsed, result = run(paths, psfs, target, config, output_dir, repeat,
+                                      client=client)
+                after = client.run(_peak)
+            memory = [after[w] - before[w] for w in before]
+            label = f"{n_workers} worker(s) x {n_threads} thread(s)"
+            rows.append(_figures(label, n_exposures, n_workers * n_threads, elapsed, result,
+                                 exposure_bytes, startup, memory))
+            if verbose:
+                print(f"  cluster: {label}: {elapsed:.2f} s, overhead "
+                      f"{rows[-1]['overhead']:.3f} s per exposure", flush=True)
+    return {"n_exposures": n_exposures, "size": size, "exposure_bytes": exposure_bytes,
+            "cpus": len(os.sched_getaffinity(0)), "rows": rows}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-exposures", type=int, default=8)
@@ -115,48 +209,20 @@ def main():
                         help="also try one worker with this many threads")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
-
-    from distributed import Client, LocalCluster
-
-    config = MatchConfig()
-    with tempfile.TemporaryDirectory() as directory:
-        t0 = time.perf_counter()
-        made = [make_exposure(i, args.size, directory) for i in range(args.n_exposures)]
-        paths, psfs = [p for p, _ in made], [q for _, q in made]
-        target = common_target_psf(psfs, shapes=(args.size, args.size)).psf
-        print(f"{args.n_exposures} exposures of {args.size}x{args.size} float32 made in "
-              f"{time.perf_counter() - t0:.1f} s; target {target.fwhm.value:.3f} px; "
-              f"{os.cpu_count()} CPU(s), load average "
-              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-        output_dir = os.path.join(directory, "out")
-
-        rows = []
-        # serial, after one warm-up match in this process
-        warm_up_local = match_many(paths[:1], target, source_psfs=psfs[:1], config=config,
-                                   output_dir=output_dir, overwrite=True, progress=False)
-        assert not warm_up_local.errors, warm_up_local.errors
-        elapsed, result = run(paths, psfs, target, config, output_dir, args.repeat)
-        rows.append(("serial", elapsed, np.median(result.durations), 0.0))
-        setups = [(n, 1) for n in args.workers] + [(1, t) for t in args.threads]
-        for n_workers, threads in setups:
-            t0 = time.perf_counter()
-            with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True,
-                              dashboard_address=":0") as cluster, Client(cluster) as client:
-                warm_up(client, target, config)
-                startup = time.perf_counter() - t0
-                elapsed, result = run(paths, psfs, target, config, output_dir, args.repeat,
-                                      client=client)
-            label = f"{n_workers} worker(s) x {threads} thread(s)"
-            rows.append((label, elapsed, np.median(result.durations), startup))
-
-    serial = rows[0][1]
+    print(f"{os.cpu_count()} CPU(s), load average "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    out = run_cluster(n_exposures=args.n_exposures, size=args.size, workers=args.workers,
+                      threads=args.threads, repeat=args.repeat)
     print()
-    print(f"{'mode':<28} {'wall (s)':>9} {'exp/min':>8} {'s/exp (task)':>13} {'speed-up':>9} "
-          f"{'start-up (s)':>13}")
-    for label, elapsed, per_task, startup in rows:
-        print(f"{label:<28} {elapsed:9.2f} {60 * args.n_exposures / elapsed:8.1f} "
-              f"{per_task:13.2f} {serial / elapsed:9.2f} {startup:13.1f}")
-    print("\ns/exp (task): median time of one exposure where it ran (read, match, write).")
+    print(f"{'mode':<28} {'wall (s)':>9} {'exp/s':>7} {'s/exp (task)':>13} "
+          f"{'overhead (s)':>13} {'worker peak':>12} {'start-up (s)':>13}")
+    for row in out["rows"]:
+        peak = (f"{row['worker_peak_ratio']:.2f}x" if "worker_peak_ratio" in row else "-")
+        print(f"{row['mode']:<28} {row['elapsed']:9.2f} {row['throughput']:7.2f} "
+              f"{row['task_median']:13.2f} {row['overhead']:13.3f} {peak:>12} "
+              f"{row['startup']:13.1f}")
+    print("\ns/exp (task): median time of one exposure where it ran (read, match, write); "
+          "worker peak: peak RSS increase / one exposure's arrays.")
 
 
 if __name__ == "__main__":

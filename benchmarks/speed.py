@@ -10,25 +10,29 @@ Image
 
 End to end (medians of ``repeat`` interleaved runs after one untimed round;
 wall and process CPU time)
-    * ``ModelPsfMatcher().match(ccd, target, source_psf=psf)``: defaults
-      (21 x 21 kernel, spatial order 2, 128 px cells: 32 x 32 candidates).
+    * ``ModelPsfMatcher().match(ccd, target, source_psf=psf)``: the default
+      configuration (the basis chosen from the two PSFs, kernels solved at
+      nodes on the PSF model's own node lines and interpolated bilinearly),
+      on every CPU of the process.
     * ``scipy.signal.fftconvolve(data, kernel, mode='same')`` with one
-      constant float32 21 x 21 kernel (float32 output, data only).
+      constant float32 21 x 21 kernel (float32 output, data only), on one
+      thread and on as many threads as the match (``scipy.fft.set_workers``).
     * photutils: ``make_kernel(source, target, window=TukeyWindow(0.5))`` on
       31 x 31 stamps at the field centre, cut to 21 x 21, then
       ``astropy.convolution.convolve_fft(data, kernel, mask=mask)`` (its
       defaults: float64, power-of-two padding); and the same plus
       ``convolve_fft(variance, kernel**2, ...)`` to propagate the variance
       as astropsfmatch does.
-    * ``convolve_spatially_varying(data, kernel)`` alone: the exact spatially
-      varying convolution of the data, without variance and mask.
+    * ``convolve_spatially_varying`` alone with the kernel the match solves:
+      data only, and data + variance + mask.
 
-Kernel solution alone
-    ``ModelPsfMatcher.solve``: ``timings['kernel_solution']`` (everything
-    after the PSF stamps exist: basis convolutions, normal equations,
-    per-candidate and spatial solutions) and ``timings['psf_realization']``,
-    with ``grow_cells=1`` (the reference's grid: 34 x 34 = 1,156 candidates on
-    4096 x 4096) and with the default grid (32 x 32 = 1,024).
+Kernel solution
+    ``ModelPsfMatcher.solve`` stage timings (``timings['kernel_solution']``:
+    everything after the PSF stamps exist) with the defaults, and with the
+    reference pipeline's model (one candidate per 128-pixel cell, 32 x 32 =
+    1,024 on 4096 x 4096, a global Chebyshev polynomial of order 2, the
+    default basis); and a profile of the default solution: the functions
+    with the largest own time.
 
 Numba kernels
     Each jitted function in ``astropsfmatch._engine._numba`` against its twin in
@@ -41,13 +45,20 @@ Numba kernels
     ``max_naive`` seconds. The twin is run once; numba is warmed up first,
     then the median of ``repeat`` runs is taken.
 
-Peak memory
+Peak memory and diagnostics
     In a fresh subprocess: the increase of the peak resident set size
     (VmHWM, reset just before the call through /proc/self/clear_refs) over
     the resident size just before ``match`` (inputs built, numba warmed
     up), and the peak of `tracemalloc` during a second call; both relative
     to the input's bytes (data + variance + mask). The matched outputs
     (data, variance, mask, weights: 1.44x the input) are part of the peak.
+    Then ``result.save_diagnostics(dir)``: its wall time, relative to the
+    match's in the same process, its peak RSS increase, and a profile.
+
+First call
+    In a fresh subprocess with an empty numba cache (``NUMBA_CACHE_DIR``):
+    the import, the first and the second match of a 512 x 512 image, and
+    the compile time of every jitted function (numba's compile events).
 """
 
 import gc
@@ -64,6 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 import scipy.signal
 from astropy.nddata import CCDData, VarianceUncertainty
 from photutils.psf import CircularGaussianPRF
@@ -141,34 +153,46 @@ def median_time(function, repeat):
     return float(np.median(times)), times
 
 
-def warm_up(psf, target):
-    """Load or compile every numba kernel and FFT plan the benchmark uses."""
-    ccd, _, _ = make_inputs(512, seed=1)
+def warm_up(psf, target, size=512):
+    """Load or compile every numba kernel and FFT plan the benchmark uses.
+
+    ``size`` must not exceed the field of ``psf``.
+    """
+    ccd, _, _ = make_inputs(size, seed=1)
     ModelPsfMatcher().match(ccd, target, source_psf=psf)
     ModelPsfMatcher(cell_size=64).match(ccd, target, source_psf=psf)
 
 
-def time_end_to_end(ccd, psf, target, *, repeat=3, verbose=True):
+def time_end_to_end(ccd, psf, target, *, repeat=3, verbose=True, threads=None):
     """Interleaved runs of match, fftconvolve and photutils + convolve_fft. Returns a dict."""
     from astropy.convolution import convolve_fft
 
     size = ccd.shape[0]
+    threads = threads or len(os.sched_getaffinity(0))
     data, variance, mask = ccd.data, ccd.uncertainty.array, ccd.mask
     kernel = constant_kernels(psf, target, size)
     kernel32 = kernel.astype(np.float32)
-    matcher = ModelPsfMatcher(MatchConfig(kernel_size=KERNEL_SIZE, spatial_order=2))
+    matcher = ModelPsfMatcher()
     stages = []
-    solved = matcher.solve(ccd.shape, psf, target)[0].kernel
+    solved = matcher.solve(ccd.shape, psf, target).unit_kernel
 
     def run_match():
-        result = matcher.match(ccd, target, source_psf=psf)
+        result = matcher.match(ccd, target, source_psf=psf, workers=threads)
         stages.append(result.metadata["timings"])
 
     def run_convolve_data():
-        convolve_spatially_varying(data, solved)
+        convolve_spatially_varying(data, solved, workers=threads)
+
+    def run_convolve_full():
+        convolve_spatially_varying(data, solved, variance=variance, mask=mask, workers=threads)
 
     def run_fftconvolve():
-        scipy.signal.fftconvolve(data, kernel32, mode="same")
+        with scipy.fft.set_workers(1):
+            scipy.signal.fftconvolve(data, kernel32, mode="same")
+
+    def run_fftconvolve_threads():
+        with scipy.fft.set_workers(threads):
+            scipy.signal.fftconvolve(data, kernel32, mode="same")
 
     def run_photutils():
         convolve_fft(data, kernel, mask=mask)
@@ -177,8 +201,9 @@ def time_end_to_end(ccd, psf, target, *, repeat=3, verbose=True):
         convolve_fft(data, kernel, mask=mask)
         convolve_fft(variance, kernel**2, mask=mask, normalize_kernel=False)
 
-    functions = {"fftconvolve": run_fftconvolve, "match": run_match,
-                 "convolve_data_only": run_convolve_data,
+    functions = {"fftconvolve": run_fftconvolve, "fftconvolve_threads": run_fftconvolve_threads,
+                 "match": run_match, "convolve_data_only": run_convolve_data,
+                 "convolve_full": run_convolve_full,
                  "photutils_convolve_fft": run_photutils,
                  "photutils_convolve_fft_variance": run_photutils_variance}
     for function in functions.values():  # one untimed round: FFT plans, page faults
@@ -200,33 +225,80 @@ def time_end_to_end(ccd, psf, target, *, repeat=3, verbose=True):
                   + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     cpu_medians = {name: float(np.median(t)) for name, t in cpu.items()}
-    stage_medians = {key: float(np.median([s[key] for s in stages])) for key in stages[0]}
+    # the ratios of each round (same load), then their median
+    ratios = {f"{name}/{base}": float(np.median(np.array(times[name]) / np.array(times[base])))
+              for name in functions for base in ("fftconvolve", "fftconvolve_threads")}
+    stage_medians = {key: float(np.median([s[key] for s in stages])) for key in stages[0]
+                     if isinstance(stages[0][key], float)}
     return {"medians": medians, "times": times, "cpu_medians": cpu_medians, "cpu": cpu,
-            "stages": stage_medians, "load": load, "shape": list(ccd.shape)}
+            "ratios": ratios, "stages": stage_medians, "load": load, "threads": threads,
+            "shape": list(ccd.shape), "kernel": repr(solved),
+            "refinement": stages[-1].get("refinement")}
 
 
-#: The reference pipeline's model: 21-pixel Alard-Lupton basis, one candidate per cell,
-#: Chebyshev polynomial of order 2 (the defaults choose the basis and a bilinear node model).
-REFERENCE = {"kernel_basis": "alard-lupton", "kernel_size": 21, "spatial_model": "chebyshev1"}
+#: The reference pipeline's model: one candidate per cell, a Chebyshev polynomial of order 2
+#: (with the default basis; the defaults solve kernels at nodes, interpolated bilinearly).
+REFERENCE = {"spatial_model": "chebyshev1"}
 
 
-def time_solve(shape, psf, target, *, grow_cells, repeat=5, options=REFERENCE):
+def time_solve(shape, psf, target, *, repeat=5, options=None, label="defaults"):
     """Medians of the solve stages (kernel solution without PSF realization, and the rest)."""
-    matcher = ModelPsfMatcher(MatchConfig(grow_cells=grow_cells, **options))
+    matcher = ModelPsfMatcher(MatchConfig(**(options or {})))
     records = []
     for _ in range(repeat + 1):  # the first run warms the caches of this configuration
         gc.collect()
         start = time.perf_counter()
-        solution, candidates, grid, _, timings = matcher.solve(shape, psf, target)
+        solved = matcher.solve(shape, psf, target)
+        solution, candidates, grid, _, timings = solved
         wall = time.perf_counter() - start
         records.append({**{k: v for k, v in timings.items() if isinstance(v, float)},
                         **{f"solve_{k}": v for k, v in solution.info["timings"].items()},
                         "wall": wall, "wall_minus_psf": wall - timings["psf_realization"]})
     records = records[1:]
     medians = {key: float(np.median([r[key] for r in records])) for key in records[0]}
-    return {"grow_cells": grow_cells, "n_candidates": len(candidates),
-            "n_cells": list(grid.n_cells), "stamp": int(candidates[0].source.shape[0]),
-            "n_basis": int(solution.basis.n_basis), "medians": medians}
+    return {"label": label, "options": dict(options or {}), "n_candidates": len(candidates),
+            "n_cells": list(grid.n_cells), "stamp": int(solved.config.stamp_size),
+            "n_basis": int(solution.basis.n_basis), "model": solved.config.spatial_model,
+            "refinement": timings.get("refinement"), "medians": medians}
+
+
+def profile_solve(shape, psf, target, *, top=12):
+    """The functions with the largest own time in one default ``solve`` (cProfile)."""
+    import cProfile
+
+    matcher = ModelPsfMatcher()
+    matcher.solve(shape, psf, target)  # warm
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    matcher.solve(shape, psf, target)
+    profiler.disable()
+    wall = time.perf_counter() - start
+    return {"wall": wall, "rows": profile_rows(profiler, top)}
+
+
+def profile_rows(profiler, top):
+    """``[{function, calls, own, cumulative}]`` of the ``top`` functions by own time."""
+    import pstats
+
+    stats = pstats.Stats(profiler).stats
+    rows = []
+    for (path, line, name), (_, calls, own, cumulative, _) in stats.items():
+        where = Path(path)
+        if "site-packages" in where.parts:
+            module = where.parts[where.parts.index("site-packages") + 1]
+            label = f"{module}: {name}"
+        elif path.startswith("~") or path.startswith("<"):
+            label = name
+        else:
+            parts = where.parts
+            module = "/".join(parts[parts.index("astropsfmatch"):]) if "astropsfmatch" in parts \
+                else where.name
+            label = f"{module}:{line} {name}"
+        rows.append({"function": label, "calls": int(calls), "own": float(own),
+                     "cumulative": float(cumulative)})
+    rows.sort(key=lambda r: -r["own"])
+    return rows[:top]
 
 
 def time_psf_loop(psf, shape):
@@ -367,8 +439,9 @@ def _make_accumulate(rng, n):
 
 
 def _tile_shapes():
-    # the package's 4096 x 4096 tiles: 250-pixel FFTs along y, 256 along x (real: 129 complex)
-    return 250, 20, 129
+    # the default model's 4096 x 4096 tiles: one per 128-pixel cell, 150-point FFTs
+    # (76 complex frequencies along x), a 21 x 21 kernel
+    return 150, 20, 76
 
 
 def _make_rows(rng, n_tiles):
@@ -378,17 +451,17 @@ def _make_rows(rng, n_tiles):
 
     fft_y, two_half, n_freq = _tile_shapes()
     rows = fft_y - two_half
-    n_planes, exponents_x = 15, np.array([0, 1, 0, 2, 1, 0, 3, 2, 1, 0, 4, 3, 2, 1, 0])
+    # the variance of a bilinear cell: 9 spectra in 3 groups
+    n_planes, group = 9, np.repeat(np.arange(3), 3)
     spectra = rng.random((n_planes, fft_y, 2 * n_freq)).astype(np.float32)
     weights = rng.random((n_planes, rows)).astype(np.float32)
-    group = exponents_x.astype(np.int64)
-    out_numba = np.empty((5, rows, 2 * n_freq), dtype=np.float32)
+    out_numba = np.empty((3, rows, 2 * n_freq), dtype=np.float32)
     out_naive = np.empty_like(out_numba)
     sliced = spectra[:, two_half:two_half + rows]
 
     def run_numba():
         for _ in range(n_tiles):
-            weighted_sum_rows(spectra, two_half, weights, group, out_numba)
+            weighted_sum_rows(spectra, two_half, weights, 0, rows, group, out_numba)
 
     def run_naive():
         for _ in range(n_tiles):
@@ -404,16 +477,16 @@ def _make_columns(rng, n_tiles):
 
     fft_y, two_half, _ = _tile_shapes()
     rows = fft_y - two_half
-    fft_x, cols = 256, 256 - two_half
-    planes = rng.random((5, rows, fft_x)).astype(np.float32)
-    weights = rng.random((5, cols)).astype(np.float32)
+    fft_x, cols = fft_y, fft_y - two_half
+    planes = rng.random((3, rows, fft_x)).astype(np.float32)
+    weights = rng.random((3, cols)).astype(np.float32)
     out_numba = np.empty((rows, cols), dtype=np.float32)
     out_naive = np.empty_like(out_numba)
     sliced = planes[:, :, two_half:two_half + cols]
 
     def run_numba():
         for _ in range(n_tiles):
-            weighted_sum_columns(planes, two_half, weights, out_numba, 0, 0, cols)
+            weighted_sum_columns(planes, two_half, weights, 0, out_numba, 0, 0, cols)
 
     def run_naive():
         for _ in range(n_tiles):
@@ -466,9 +539,9 @@ KERNEL_CASES = [
     KernelCase("accumulate_spatial", "fitting", _make_accumulate, 64,
                "candidates (27 functions, 6 spatial terms)", workload=1156, max_scale=16384),
     KernelCase("weighted_sum_rows", "convolution", _make_rows, 4,
-               "250x258 tiles, 15 planes -> 5 groups (float32)", workload=289),
+               "150x152 tiles, 9 planes -> 3 groups (float32)", workload=1024),
     KernelCase("weighted_sum_columns", "convolution", _make_columns, 4,
-               "230x256 tiles, 5 planes (float32)", workload=289),
+               "130x150 tiles, 3 planes (float32)", workload=1024),
     KernelCase("dilate_box", "convolution", _make_dilate, 48, "px image side (box 21x21)",
                workload=4096, power=2, max_scale=4096),
     KernelCase("inverse_variance", "weights", _make_inverse_variance, 1,
@@ -598,7 +671,10 @@ def _reset_peak_rss():
 
 
 def _memory_probe(size):
-    """Run in a fresh process: peak memory of one match (printed as JSON)."""
+    """Run in a fresh process: peak memory of one match and of its diagnostics (JSON)."""
+    import cProfile
+    import tempfile
+
     ccd, psf, target = make_inputs(size)
     warm_up(psf, target)
     matcher = ModelPsfMatcher()
@@ -606,25 +682,51 @@ def _memory_probe(size):
     reset = _reset_peak_rss()
     rss_before = _status_bytes("VmRSS")
     peak_before = _status_bytes("VmHWM")
+    start = time.perf_counter()
     result = matcher.match(ccd, target, source_psf=psf)
+    match_seconds = time.perf_counter() - start
     peak_after = _status_bytes("VmHWM")
     output_bytes = (result.matched.data.nbytes + result.matched.uncertainty.array.nbytes
                     + result.matched.mask.nbytes + result.weights.nbytes)
+    out = {"input_bytes": input_bytes(ccd), "rss_before": rss_before,
+           "peak_before": peak_before, "peak_after": peak_after,
+           "rss_peak_increase": peak_after - rss_before,
+           "rss_reliable": bool(reset or peak_after > peak_before),
+           "output_bytes": output_bytes, "match_seconds": match_seconds}
+    diagnostics = {}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        with tempfile.TemporaryDirectory() as directory:
+            result.save_diagnostics(Path(directory) / "warm")  # fonts, imports
+            gc.collect()
+            _reset_peak_rss()
+            rss = _status_bytes("VmRSS")
+            start = time.perf_counter()
+            paths = result.save_diagnostics(Path(directory) / "timed")
+            diagnostics["seconds"] = time.perf_counter() - start
+            diagnostics["rss_peak_increase"] = _status_bytes("VmHWM") - rss
+            diagnostics["files"] = len(paths) if hasattr(paths, "__len__") else None
+            profiler = cProfile.Profile()
+            profiler.enable()
+            result.save_diagnostics(Path(directory) / "profiled")
+            profiler.disable()
+            diagnostics["profile"] = profile_rows(profiler, 10)
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        diagnostics["error"] = f"{type(exc).__name__}: {exc}"
+    out["diagnostics"] = diagnostics
     del result
     gc.collect()
     tracemalloc.start()
     matcher.match(ccd, target, source_psf=psf)  # the outputs are alive at the peak
-    traced = tracemalloc.get_traced_memory()[1]
+    out["traced_peak"] = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    print(json.dumps({"input_bytes": input_bytes(ccd), "rss_before": rss_before,
-                      "peak_before": peak_before, "peak_after": peak_after,
-                      "rss_peak_increase": peak_after - rss_before,
-                      "rss_reliable": bool(reset or peak_after > peak_before),
-                      "traced_peak": traced, "output_bytes": output_bytes}))
+    print(json.dumps(out))
 
 
 def peak_memory(size):
-    """Peak memory of one end-to-end match, measured in a subprocess (dict)."""
+    """Peak memory of one end-to-end match and of its diagnostics, in a subprocess (dict)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(size)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -633,24 +735,82 @@ def peak_memory(size):
     return result
 
 
+# --- first call: numba compilation -----------------------------------------------
+
+
+def _compile_probe(size):
+    """Run in a fresh process with an empty numba cache: the first call's costs (JSON)."""
+    from numba.core import event
+
+    ccd, psf, target = make_inputs(size)
+    with event.install_recorder("numba:compile") as recorder:
+        start = time.perf_counter()
+        ModelPsfMatcher().match(ccd, target, source_psf=psf)
+        first = time.perf_counter() - start
+    start = time.perf_counter()
+    ModelPsfMatcher().match(ccd, target, source_psf=psf)
+    second = time.perf_counter() - start
+    # the outermost compilations of the package's own dispatchers
+    open_events, kernels = {}, {}
+    for stamp, item in recorder.buffer:
+        dispatcher = item.data["dispatcher"]
+        module = getattr(dispatcher.py_func, "__module__", "")
+        if not module.startswith("astropsfmatch."):
+            continue
+        key = (module, dispatcher.py_func.__name__, str(item.data["args"]))
+        if item.status.name == "START":
+            open_events[key] = stamp
+        elif key in open_events:
+            name = f"{module.rsplit('.', 1)[-1]}.{dispatcher.py_func.__name__}"
+            entry = kernels.setdefault(name, {"signatures": 0, "seconds": 0.0})
+            entry["signatures"] += 1
+            entry["seconds"] += stamp - open_events.pop(key)
+    print(json.dumps({"size": size, "first": first, "second": second, "kernels": kernels}))
+
+
+_IMPORT = ("import time; start = time.perf_counter(); import astropsfmatch; "
+           "print(time.perf_counter() - start)")
+
+
+def first_call(size=512):
+    """The first call's costs with an empty numba cache, measured in subprocesses (dict)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        imported = subprocess.run([sys.executable, "-c", _IMPORT], capture_output=True,
+                                  text=True, check=True, env=env)
+        command = [sys.executable, str(Path(__file__).resolve()), "--compile-probe", str(size)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["import"] = float(imported.stdout.strip().splitlines()[-1])
+    result["compile"] = sum(k["seconds"] for k in result["kernels"].values())
+    return result
+
+
 def run(*, size=4096, repeat=3, naive_seconds=0.5, max_naive=20.0, kernel_repeat=5,
-        verbose=True, memory=True, psf_loop=True):
+        verbose=True, memory=True, psf_loop=True, compile_size=512, solve_repeat=None):
     """Every speed figure. Returns a dict (see ``run.py`` for the tables made from it)."""
     ccd, psf, target = make_inputs(size)
     if verbose:
         print(f"  speed: image {ccd.shape} float32, input {input_bytes(ccd) / 2**20:.0f} MiB; "
               f"warming up", flush=True)
-    warm_up(psf, target)
+    warm_up(psf, target, min(size, 512))
     out = {"size": size, "cpus": len(os.sched_getaffinity(0)),
            "load_start": os.getloadavg()}
     out["end_to_end"] = time_end_to_end(ccd, psf, target, repeat=repeat, verbose=verbose)
     shape = ccd.shape
-    out["solve"] = [time_solve(shape, psf, target, grow_cells=g, repeat=max(repeat, 3))
-                    for g in (1, 0)]
+    solve_repeat = solve_repeat or max(repeat, 3)
+    # the order-2 polynomial needs three cells along each axis (small test images)
+    reference = {**REFERENCE, "cell_size": min(128, min(shape) // 3)}
+    out["solve"] = [time_solve(shape, psf, target, repeat=solve_repeat),
+                    time_solve(shape, psf, target, repeat=solve_repeat, options=reference,
+                               label="reference model")]
+    out["solve_profile"] = profile_solve(shape, psf, target)
     if verbose:
         for s in out["solve"]:
-            print(f"  speed: solve, {s['n_candidates']} candidates: kernel solution "
-                  f"{s['medians']['kernel_solution']:.3f} s, PSF realization "
+            print(f"  speed: solve ({s['label']}), {s['n_candidates']} candidates: kernel "
+                  f"solution {s['medians']['kernel_solution']:.3f} s, PSF realization "
                   f"{s['medians']['psf_realization']:.3f} s", flush=True)
     if psf_loop:
         out["psf_loop"] = time_psf_loop(psf, shape)
@@ -660,6 +820,15 @@ def run(*, size=4096, repeat=3, naive_seconds=0.5, max_naive=20.0, kernel_repeat
         del ccd
         gc.collect()
         out["memory"] = peak_memory(size)
+        if verbose:
+            print(f"  speed: peak memory {out['memory']['rss_peak_increase_ratio']:.2f} x the "
+                  "input; diagnostics "
+                  f"{out['memory']['diagnostics'].get('seconds', float('nan')):.2f} s", flush=True)
+    if compile_size:
+        out["first_call"] = first_call(compile_size)
+        if verbose:
+            print(f"  speed: first call with an empty numba cache: "
+                  f"{out['first_call']['compile']:.1f} s compiling", flush=True)
     out["load_end"] = os.getloadavg()
     return out
 
@@ -667,5 +836,7 @@ def run(*, size=4096, repeat=3, naive_seconds=0.5, max_naive=20.0, kernel_repeat
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-probe":
         _memory_probe(int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--compile-probe":
+        _compile_probe(int(sys.argv[2]))
     else:
         print("run the benchmarks with: python benchmarks/run.py (see benchmarks/README.md)")

@@ -120,3 +120,4 @@ def naive_inverse_variance(variance, mask):
     out = np.zeros_like(variance)
     out[good] = 1 / variance[good]
     return out
+

@@ -102,38 +102,104 @@ class TestAccuracyHarness:
 
 @pytest.fixture(scope="module")
 def speed_raw(bench):
-    """Every speed figure on a 512 x 512 image, kernels on tiny inputs (no memory probe)."""
-    result = bench["speed"].run(size=512, repeat=1, naive_seconds=0.01, max_naive=0.05,
-                                kernel_repeat=1, verbose=False, memory=False)
+    """Every speed figure on a 256 x 256 image, kernels on tiny inputs (no subprocess probes)."""
+    result = bench["speed"].run(size=256, repeat=1, naive_seconds=0.01, max_naive=0.05,
+                                kernel_repeat=1, verbose=False, memory=False, psf_loop=False,
+                                compile_size=0, solve_repeat=1)
     result["waited"] = {"load": 0.0, "waited": 0.0, "below_limit": True, "max_load": 1.5}
+    # what the subprocess probes report, for the tables
+    result["memory"] = {"input_bytes": 100, "rss_peak_increase": 150, "rss_reliable": True,
+                        "traced_peak": 140, "output_bytes": 144, "match_seconds": 2.0,
+                        "rss_peak_increase_ratio": 1.5, "traced_peak_ratio": 1.4,
+                        "output_bytes_ratio": 1.44,
+                        "diagnostics": {"seconds": 1.0, "rss_peak_increase": 2**20,
+                                        "files": 9, "profile": [
+                                            {"function": "f", "calls": 1, "own": 0.5,
+                                             "cumulative": 0.9}]}}
+    result["first_call"] = {"size": 512, "import": 1.0, "first": 4.0, "second": 0.5,
+                            "compile": 3.0, "kernels": {"convolution.dilate_box": {
+                                "signatures": 1, "seconds": 3.0}}}
     return result
+
+
+@pytest.fixture(scope="module")
+def cluster_raw(bench):
+    """What bench_match_many.run_cluster returns (its figures from fake timings)."""
+    import bench_match_many
+
+    class Fake:
+        durations = [1.0, 1.2, 0.8, 1.0]
+
+    rows = [bench_match_many._figures("serial (no client)", 4, 1, 4.1, Fake(), 1000),
+            bench_match_many._figures("2 worker(s) x 1 thread(s)", 4, 2, 2.2, Fake(), 1000,
+                                      startup=3.0, memory=[1500, 2500])]
+    return {"n_exposures": 4, "size": 256, "exposure_bytes": 1000, "cpus": 2, "rows": rows,
+            "load": [0.5, 0.7]}
 
 
 @pytest.mark.skipif(NO_JIT, reason="timing numba kernels needs numba's compiler")
 class TestSpeedHarness:
     def test_end_to_end(self, speed_raw):
-        medians = speed_raw["end_to_end"]["medians"]
-        assert set(medians) == {"fftconvolve", "match", "convolve_data_only",
-                                "photutils_convolve_fft", "photutils_convolve_fft_variance"}
-        assert all(t > 0 for t in medians.values())
-        assert [s["n_candidates"] for s in speed_raw["solve"]] == [36, 16]
+        e2e = speed_raw["end_to_end"]
+        assert set(e2e["medians"]) == {"fftconvolve", "fftconvolve_threads", "match",
+                                       "convolve_data_only", "convolve_full",
+                                       "photutils_convolve_fft",
+                                       "photutils_convolve_fft_variance"}
+        assert all(t > 0 for t in e2e["medians"].values())
+        assert e2e["ratios"]["match/fftconvolve"] > 0
+        assert {"kernel_solution", "convolution", "quality"} <= set(e2e["stages"])
+        assert [s["label"] for s in speed_raw["solve"]] == ["defaults", "reference model"]
+        assert [s["model"] for s in speed_raw["solve"]] == ["bilinear", "chebyshev1"]
+        assert speed_raw["solve"][1]["n_candidates"] == 9  # 3 x 3 cells of 85 px
+        assert speed_raw["solve_profile"]["rows"]
 
     def test_kernels_agree_with_twins(self, speed_raw):
         rows = [r for r in speed_raw["kernels"] if np.isfinite(r["speedup"])]
         assert len(rows) >= 8
         assert all(r["agree"] for r in rows)
+        assert not [r for r in speed_raw["kernels"] if not np.isfinite(r["speedup"])]
 
-    def test_report(self, bench, speed_raw, accuracy_raw, tmp_path):
+    def test_report(self, bench, speed_raw, accuracy_raw, cluster_raw, tmp_path):
         raw = {"environment": bench["run"].environment(), "speed": speed_raw,
-               "accuracy": accuracy_raw}
+               "accuracy": accuracy_raw, "cluster": cluster_raw}
         raw = bench["run"]._to_json(raw)
-        bench["run"].report(raw, tmp_path, copy_to_docs=False)
-        for name in ("speed.md", "accuracy.md", "speed.csv", "accuracy.csv", "kernels.csv",
-                     "benchmarks.png"):
+        written = bench["run"].report(raw, tmp_path)
+        for name in ("speed.md", "accuracy.md", "cluster.md", "checks.md", "speed.csv",
+                     "accuracy.csv", "kernels.csv", "solve_profile.csv", "diagnostics.csv",
+                     "first_call.csv", "cluster.csv", "benchmarks.png"):
             assert (tmp_path / name).stat().st_size > 0
+            assert name in written
         text = (tmp_path / "accuracy.md").read_text()
         assert "astropsfmatch (defaults)" in text
-        assert "÷ fftconvolve" in (tmp_path / "speed.md").read_text()
+        assert "÷ fftconvolve (1 thread)" in (tmp_path / "speed.md").read_text()
+        checks = (tmp_path / "checks.md").read_text()
+        assert "cluster overhead per exposure" in checks
+        # the published tables are for users: no goals in them (checks.md has those)
+        for name in written:
+            if name.endswith(".csv"):
+                text = (tmp_path / name).read_text()
+                assert not any(word in text for word in ("goal", "meets", "misses"))
+
+
+def test_cluster_figures(cluster_raw):
+    serial, cluster = cluster_raw["rows"]
+    assert serial["throughput"] == pytest.approx(4 / 4.1)
+    # 2 slots: 2.2 s * 2 / 4 exposures - 1.0 s mean task = 0.1 s per exposure
+    assert cluster["overhead"] == pytest.approx(0.1)
+    assert cluster["overhead_fraction"] == pytest.approx(0.1)
+    assert cluster["worker_peak_ratio"] == 2.5
+    assert "worker_peak_ratio" not in serial
+
+
+def test_default_output_is_a_new_directory(bench):
+    """A run writes to a new directory unless told otherwise: tracked files stay as they are."""
+    run = bench["run"]
+    output = run.default_output()
+    assert output.parent == run.PUBLISHED
+    assert output.name.startswith("run-")
+    assert not output.exists()
+    ignored = (run.PUBLISHED / ".gitignore").read_text().split()
+    assert "run-*/" in ignored
 
 
 def test_memory_probe_fields(bench):

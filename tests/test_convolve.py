@@ -47,6 +47,27 @@ def make_kernel(order=2, model="chebyshev1", *, size=11, bbox=(-10.0, 90.0, -20.
                          bbox=bbox)
 
 
+def make_bilinear_kernel(nodes_x, nodes_y, *, size=11, amplitude=0.3, seed=0):
+    """A bilinear node kernel whose node kernels differ strongly (kernel sum 1 everywhere)."""
+    rng = np.random.default_rng(seed)
+    basis = make_alard_lupton_basis(size, [0.7, 1.5, 2.5], [2, 1, 1])
+    n_nodes = len(nodes_x) * len(nodes_y)
+    coefficients = amplitude * rng.normal(size=(len(basis), n_nodes))
+    coefficients[0] = 1.0
+    return SpatialKernel(basis, coefficients, spatial_model="bilinear",
+                         nodes=(np.asarray(nodes_x, float), np.asarray(nodes_y, float)))
+
+
+#: Node lines that exercise every kind of cell: beyond the image (constant kernel), a
+#: fraction of a pixel apart, irregular spacing, outside the image.
+BILINEAR_NODES = {
+    "irregular": ([-3.0, 17.5, 40.2, 41.0, 90.0], [8.0, 30.0, 30.4, 52.7]),
+    "one column": ([30.0], [-10.0, 20.0, 45.5, 80.0]),
+    "one node": ([33.3], [21.0]),
+    "inside only": ([12.0, 50.0], [15.0, 40.0]),
+}
+
+
 def relative_error(result, reference):
     """Largest error over the valid pixels, relative to the largest |reference|."""
     valid = np.isfinite(reference)
@@ -221,6 +242,95 @@ class TestExact:
         for result in results:
             np.testing.assert_array_equal(result.data, expected.data)
             np.testing.assert_array_equal(result.variance, expected.variance)
+
+
+class TestBilinear:
+    """The bilinear node model (one piece per cell) against the brute-force convolution."""
+
+    @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+    @pytest.mark.parametrize("nodes", list(BILINEAR_NODES))
+    def test_matches_brute_force(self, image, nodes, dtype):
+        data, variance = image
+        kernel = make_bilinear_kernel(*BILINEAR_NODES[nodes])
+        reference, reference_variance = naive_cached(("bilinear", nodes), data, kernel,
+                                                     variance)
+        result = convolve_spatially_varying(data.astype(dtype), kernel,
+                                            variance=variance.astype(dtype))
+        assert result.data.dtype == dtype
+        assert result.variance.dtype == dtype
+        tolerance = 1e-5 if dtype == np.float32 else 1e-12
+        assert relative_error(result.data, reference) < tolerance
+        assert relative_error(result.variance, reference_variance) < tolerance
+        np.testing.assert_array_equal(result.mask, np.isnan(reference))
+        alone = convolve_spatially_varying(data.astype(dtype), kernel)  # data only
+        np.testing.assert_array_equal(alone.data, result.data)
+
+    @pytest.mark.parametrize("fft_length", [24, 40])
+    def test_cells_cut_into_tiles(self, image, monkeypatch, fft_length):
+        # tiles smaller than the cells: several per cell, partial ones at the cell edges
+        monkeypatch.setattr(convolve_module, "_FFT_LENGTH", fft_length)
+        data, variance = image
+        kernel = make_bilinear_kernel(*BILINEAR_NODES["irregular"], size=7)
+        reference, reference_variance = naive_cached(("bilinear tiles", 7), data, kernel,
+                                                     variance)
+        for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
+            result = convolve_spatially_varying(data.astype(dtype), kernel,
+                                                variance=variance.astype(dtype))
+            assert relative_error(result.data, reference) < tolerance
+            assert relative_error(result.variance, reference_variance) < tolerance
+
+    def test_200x200_kernel_21(self, rng):
+        # the acceptance test of the polynomial model, for the default bilinear model:
+        # 128-pixel cells as the defaults make them, nodes on the image edges
+        data = 100.0 + 10.0 * rng.normal(size=(200, 200))
+        variance = data + rng.random((200, 200))
+        kernel = make_bilinear_kernel([0.0, 64.0, 128.0, 199.0], [0.0, 100.0, 199.0],
+                                      size=21, amplitude=0.1)
+        reference, reference_variance = naive_spatially_varying_convolution(data, kernel,
+                                                                            variance)
+        for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
+            result = convolve_spatially_varying(data.astype(dtype), kernel,
+                                                variance=variance.astype(dtype))
+            assert relative_error(result.data, reference) < tolerance
+            assert relative_error(result.variance, reference_variance) < tolerance
+
+    @pytest.mark.parametrize("workers", [1, 2, 3])
+    def test_workers_give_identical_results(self, image, workers):
+        data, variance = image
+        kernel = make_bilinear_kernel(*BILINEAR_NODES["irregular"])
+        serial = convolve_spatially_varying(data, kernel, variance=variance, workers=1)
+        result = convolve_spatially_varying(data, kernel, variance=variance, workers=workers)
+        np.testing.assert_array_equal(result.data, serial.data)
+        np.testing.assert_array_equal(result.variance, serial.variance)
+
+    def test_mask_footprint(self, image):
+        data, variance = image
+        kernel = make_bilinear_kernel(*BILINEAR_NODES["irregular"])
+        half = kernel.kernel_size // 2
+        clean = convolve_spatially_varying(data, kernel, variance=variance)
+        mask = np.zeros(data.shape, dtype=bool)
+        mask[30, 41] = True  # next to the node lines at x = 40.2 and 41
+        result = convolve_spatially_varying(data, kernel, variance=variance, mask=mask)
+        footprint = np.zeros(data.shape, dtype=bool)
+        footprint[30 - half:30 + half + 1, 41 - half:41 + half + 1] = True
+        np.testing.assert_array_equal(result.mask, clean.mask | footprint)
+        outside = ~result.mask
+        np.testing.assert_allclose(result.data[outside], clean.data[outside], rtol=1e-12)
+        np.testing.assert_allclose(result.variance[outside], clean.variance[outside],
+                                   rtol=1e-12)
+
+    def test_flux_of_point_source_conserved(self):
+        # as for the polynomial model: symmetric kernels whose width changes across the field
+        rng = np.random.default_rng(3)
+        basis = make_alard_lupton_basis(21, [0.8, 1.6, 2.6], [0, 0, 0])
+        coefficients = 0.3 * rng.normal(size=(len(basis), 4))
+        coefficients[0] = 1.0
+        kernel = SpatialKernel(basis, coefficients, spatial_model="bilinear",
+                               nodes=([-500.0, 600.0], [-500.0, 600.0]))
+        data = np.zeros((101, 101), dtype=np.float32)
+        data[37, 61] = 1000.0
+        result = convolve_spatially_varying(data, kernel)
+        assert np.nansum(result.data) == pytest.approx(1000.0, rel=1e-4)
 
 
 class TestPhysics:
@@ -485,9 +595,11 @@ class TestErrors:
         with pytest.raises(ValueError, match="needs a finite non-zero kernel sum, got 0.0"):
             convolve_spatially_varying(np.zeros((10, 10)), kernel)
 
-    @pytest.mark.parametrize("workers", [0, -1, 1.5, 2.0, True, "2"])
-    def test_workers(self, workers):
-        with pytest.raises(ValueError, match="workers must be None or an integer >= 1"):
+    @pytest.mark.parametrize(("workers", "error"), [(0, ValueError), (-1, ValueError),
+                                                    (1.5, TypeError), (2.0, TypeError),
+                                                    (True, TypeError), ("2", TypeError)])
+    def test_workers(self, workers, error):
+        with pytest.raises(error, match="workers must be None or an integer >= 1"):
             convolve_spatially_varying(np.zeros((10, 10)), make_kernel(0, size=3),
                                        workers=workers)
 
@@ -499,23 +611,26 @@ class TestKernels:
     def test_weighted_sum_rows(self, rng, dtype):
         spectra = (rng.normal(size=(5, 12, 7)) + 1j * rng.normal(size=(5, 12, 7))).astype(dtype)
         real_dtype = np.empty(0, dtype).real.dtype
-        weights = rng.normal(size=(5, 8)).astype(real_dtype)
+        weights = rng.normal(size=(5, 11)).astype(real_dtype)
         group = np.array([0, 1, 0, 2, 1])
         out = np.full((3, 9, 7), np.nan, dtype=dtype)
-        weighted_sum_rows(spectra.view(real_dtype), 3, weights, group, out.view(real_dtype))
+        # rows 3 .. 10 of the spectra, weights from column 2
+        weighted_sum_rows(spectra.view(real_dtype), 3, weights, 2, 8, group,
+                          out.view(real_dtype))
         expected = np.zeros((3, 8, 7), dtype=dtype)
-        naive_weighted_sum_rows(spectra[:, 3:11], weights, group, expected)
+        naive_weighted_sum_rows(spectra[:, 3:11], weights[:, 2:10], group, expected)
         np.testing.assert_allclose(out[:, :8], expected, rtol=1e-5)
-        assert np.isnan(out[:, 8]).all()  # rows beyond weights.shape[1] untouched
+        assert np.isnan(out[:, 8]).all()  # rows beyond n_rows untouched
 
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     def test_weighted_sum_columns(self, rng, dtype):
         planes = rng.normal(size=(3, 6, 10)).astype(dtype)
-        weights = rng.normal(size=(3, 20)).astype(dtype)
+        weights = rng.normal(size=(3, 12)).astype(dtype)
         out = np.full((15, 20), np.nan, dtype=dtype)
-        weighted_sum_columns(planes, 2, weights, out, 4, 9, 7)
+        # columns 2 .. 8 of the planes, weights from column 5, into out[4:10, 9:16]
+        weighted_sum_columns(planes, 2, weights, 5, out, 4, 9, 7)
         expected = np.full((15, 20), np.nan, dtype=dtype)
-        naive_weighted_sum_columns(planes[:, :, 2:9], weights[:, 9:16], expected[4:10, 9:16])
+        naive_weighted_sum_columns(planes[:, :, 2:9], weights[:, 5:12], expected[4:10, 9:16])
         np.testing.assert_allclose(out, expected, rtol=1e-5)
 
     @pytest.mark.parametrize("half", [0, 1, 3, 30])
@@ -527,3 +642,35 @@ class TestKernels:
         expected = np.zeros_like(bad)
         naive_dilate_box(bad, half, expected)
         np.testing.assert_array_equal(out, expected)
+
+
+
+class TestCompileNotice:
+    """The hook that lets the matcher say once that the kernels are being compiled."""
+
+    def test_called_once_for_package_kernels_only(self):
+        from types import SimpleNamespace
+
+        import numba
+
+        from astropsfmatch._engine._numba.notice import on_first_compilation
+
+        calls = []
+        listener = on_first_compilation(lambda: calls.append(1))
+        try:
+            def event(function):
+                dispatcher = SimpleNamespace(py_func=getattr(function, "py_func", function))
+                return numba.core.event.Event("numba:compile", numba.core.event.EventStatus.START,
+                                              data={"dispatcher": dispatcher, "args": ()})
+
+            def foreign(x):
+                return x
+
+            listener.on_start(event(foreign))  # not a kernel of the package
+            assert calls == []
+            listener.on_start(event(dilate_box))
+            listener.on_start(event(weighted_sum_rows))
+            assert calls == [1]
+            listener.on_end(event(dilate_box))
+        finally:
+            numba.core.event.unregister("numba:compile", listener)

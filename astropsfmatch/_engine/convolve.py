@@ -7,7 +7,6 @@ The spatially varying convolution is therefore a weighted sum of ordinary
 convolutions, which FFTs compute exactly — no kernel interpolation.
 """
 
-import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from .._threads import thread_scope
 from .._validate import InvalidTypeError, same_shape
 from ._numba.convolution import dilate_box, weighted_sum_columns, weighted_sum_rows
 from .kernel import SpatialKernel
-from .spatial import spatial_exponents
+from .spatial import node_intervals, spatial_exponents
 
 # the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["ConvolvedImage", "convolve_spatially_varying"]
@@ -85,153 +84,139 @@ def _squared_monomials(exponents, images):
     return exponents2, images2
 
 
-def _tiling(size, half):
-    """FFT length, output step and output starts of the tiles along one axis.
+def _spectra(images, length, dtype):
+    """2-D real FFTs of K x K images zero-padded to ``length`` x ``length``.
 
-    The valid output pixels ``half .. size - half - 1`` are split into tiles
-    of ``step`` pixels; each needs ``step + 2 half`` input pixels, which the
-    FFT length holds (overlap-save: the circular wrap-around falls on the
-    first ``2 half`` outputs, which are dropped).
+    Only the K non-zero rows are transformed along x, then the columns along
+    y, in place: 0.57 of a full padded ``rfft2`` for K = 21 and ``length`` =
+    150. ``images`` (n, K, K) real; returns (n, length, length // 2 + 1).
     """
-    valid = size - 2 * half
-    target = max(_FFT_LENGTH, 4 * (2 * half + 1))
-    n_tiles = -(-valid // max(target - 2 * half, 1))
-    step = -(-valid // n_tiles)
-    length = scipy.fft.next_fast_len(step + 2 * half, real=True)
-    step = length - 2 * half
-    return length, step, list(range(half, size - half, step))
+    images = np.asarray(images, dtype=dtype)
+    half_spectra = scipy.fft.rfft(images, n=length, axis=-1, workers=1)
+    out = np.zeros((images.shape[0], length, half_spectra.shape[-1]), dtype=half_spectra.dtype)
+    out[:, :images.shape[-2]] = half_spectra
+    return scipy.fft.fft(out, axis=-2, overwrite_x=True, workers=1)
 
 
-def _as_real(array):
-    """A C-contiguous complex array viewed as pairs of reals along the last axis."""
-    return np.ascontiguousarray(array).view(array.real.dtype)
-
-
+@dataclass
 class _Plane:
-    """The monomial kernels of one image (data or variance) over one kernel piece."""
+    """How one image (data or variance) is convolved over one region of the output.
 
-    def __init__(self, exponents, images, xl, yl, fft_shape, dtype):
-        keep = np.flatnonzero(np.any(images != 0, axis=(1, 2)))
-        if keep.size == 0:  # a zero kernel: keep one (zero) monomial
-            keep = np.array([0])
-        exponents = exponents[keep]
-        images = images[keep]
-        complex_dtype = np.result_type(dtype, np.complex64)
-        size = images.shape[1]
-        self.spectra = np.empty((len(images), fft_shape[0], fft_shape[1] // 2 + 1),
-                                dtype=complex_dtype)
-        padded = np.zeros(fft_shape)
-        for n, image in enumerate(images):
-            padded[:size, :size] = image
-            self.spectra[n] = scipy.fft.rfft2(padded, workers=1)
-        x_powers, self.group = np.unique(exponents[:, 0], return_inverse=True)
-        self.row_weights = (yl[None, :] ** exponents[:, 1:2]).astype(dtype)
-        self.column_weights = (xl[None, :] ** x_powers[:, None]).astype(dtype)
+    The region's output is ``sum_g column_weights[g](x) sum_{n: group[n] == g}
+    row_weights[n](y) (image * kernel_n)(x, y)``; the spectrum of kernel
+    image n at the tile FFT size is ``banks[bank[n]][index[n]]``, where
+    ``banks`` is the tuple of spectrum arrays passed with the planes. The
+    weights are given for the region's rows and columns only.
+    """
+
+    bank: list
+    index: list
+    row_weights: np.ndarray
+    group: np.ndarray
+    column_weights: np.ndarray
 
 
-def _tile_length(pieces, half):
-    """FFT length and output step of the tiles: ~_FFT_LENGTH, no longer than the pieces need."""
-    target = max(_FFT_LENGTH, 4 * (2 * half + 1)) - 2 * half
-    longest = max(max(p.y1 - p.y0, p.x1 - p.x0) for p in pieces)
-    length = scipy.fft.next_fast_len(min(target, longest) + 2 * half, real=True)
-    return length, length - 2 * half
+@dataclass(frozen=True)
+class _Region:
+    """Output pixels ``y0 .. y1 - 1``, ``x0 .. x1 - 1`` convolved with the same planes."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+def _group_by_power(exponents, x_weights, y_weights):
+    """Monomials ``xl**a yl**b`` as a plane's weights: rows ``yl**b``, groups by ``a``."""
+    x_powers, group = np.unique(exponents[:, 0], return_inverse=True)
+    row_weights = y_weights[None, :] ** exponents[:, 1:2]
+    column_weights = x_weights[None, :] ** x_powers[:, None]
+    return row_weights, group.ravel(), column_weights
 
 
 class _Convolver:
-    """Tiled overlap-save FFT convolution of one or two images with a piecewise kernel.
+    """Tiled overlap-save FFT convolution of one or two images with a spatially varying kernel.
 
-    Every piece of the kernel (`SpatialKernel.pieces`) is cut into tiles of
-    at most ``step`` x ``step`` output pixels, each convolved with one FFT of
-    ``length`` x ``length`` pixels per image. With one piece the tiles are the
-    units of work of the threads and share the kernel spectra; with several
-    pieces each piece is a unit of work, whose spectra its thread computes
-    and drops when done (bounded memory for any number of pieces).
+    The output is cut into regions where the kernel is one polynomial (the
+    whole image for a polynomial model; each cell between node lines for the
+    bilinear model), and each region into tiles of at most ``step`` x
+    ``step`` output pixels, each convolved with one FFT of ``length`` x
+    ``length`` pixels per image (`run_tile`). Subclasses say which regions
+    there are, their planes and the units of work of the threads.
     """
 
-    def __init__(self, sources, outputs, pieces, bad, half, dtype, kernel_sum):
+    def __init__(self, sources, outputs, bad, half, dtype, length):
         self.sources = sources
         self.outputs = outputs
-        self.pieces = pieces
         self.bad = bad
         self.half = half
         self.shape = sources[0].shape
-        self.dtype = dtype
-        self.kernel_sum = kernel_sum
-        self.length, self.step = _tile_length(pieces, half)
+        self.dtype = np.dtype(dtype)
+        self.complex_dtype = np.result_type(self.dtype, np.complex64)
+        self.length = length
+        self.step = length - 2 * half
+        self.variance = len(sources) > 1
 
-    def planes(self, piece):
-        """The planes (data and, with a variance, its squared kernel) of one piece."""
-        images = piece.images / self.kernel_sum
-        fft_shape = (self.length, self.length)
-        planes = [_Plane(piece.exponents, images, piece.xl, piece.yl, fft_shape, self.dtype)]
-        if len(self.sources) > 1:
-            exponents2, images2 = _squared_monomials(piece.exponents, images)
-            planes.append(_Plane(exponents2, images2, piece.xl, piece.yl, fft_shape,
-                                 self.dtype))
-        return planes
-
-    def tiles(self, piece):
-        """Output tiles ``(y0, x0, rows, cols)`` of one piece."""
-        return [(y0, x0, min(self.step, piece.y1 - y0), min(self.step, piece.x1 - x0))
-                for y0 in range(piece.y0, piece.y1, self.step)
-                for x0 in range(piece.x0, piece.x1, self.step)]
+    def tiles(self, region):
+        """Output tiles ``(y0, x0, rows, cols)`` of one region."""
+        step = self.step
+        return [(y0, x0, min(step, region.y1 - y0), min(step, region.x1 - x0))
+                for y0 in range(region.y0, region.y1, step)
+                for x0 in range(region.x0, region.x1, step)]
 
     def workspace(self):
+        """Per-thread scratch arrays (grown when needed)."""
         n_freq = self.length // 2 + 1
-        complex_dtype = np.result_type(self.dtype, np.complex64)
         return {"buffer": np.empty((self.length, self.length), dtype=self.dtype),
-                "complex_dtype": complex_dtype, "n_freq": n_freq,
-                "products": np.empty((0, self.length, n_freq), dtype=complex_dtype),
-                "grouped": np.empty((0, self.step, n_freq), dtype=complex_dtype)}
+                "products": np.empty((0, self.length, n_freq), dtype=self.complex_dtype),
+                "grouped": np.empty((0, self.step, n_freq), dtype=self.complex_dtype)}
 
-    @staticmethod
-    def _scratch(work, key, n):
+    def _scratch(self, work, key, n):
         """The first ``n`` planes of a scratch array of the workspace, grown when needed."""
         if work[key].shape[0] < n:
-            work[key] = np.empty((n, *work[key].shape[1:]), dtype=work["complex_dtype"])
+            work[key] = np.empty((n, *work[key].shape[1:]), dtype=self.complex_dtype)
         return work[key][:n]
 
-    def run_tile(self, tile, planes, work):
+    def run_tile(self, tile, region, planes, banks, work):
+        """Convolve one tile of every image with its plane; write the outputs."""
         y0, x0, rows, cols = tile
-        half, (n_y, n_x) = self.half, self.shape
+        half, (n_y, n_x), length = self.half, self.shape, self.length
         r0, c0 = y0 - half, x0 - half
-        r1, c1 = min(r0 + self.length, n_y), min(c0 + self.length, n_x)
+        r1, c1 = min(r0 + length, n_y), min(c0 + length, n_x)
         buffer = work["buffer"]
         window = buffer[:r1 - r0, :c1 - c0]
         bad = None if self.bad is None else self.bad[r0:r1, c0:c1]
         for plane, source, output in zip(planes, self.sources, self.outputs, strict=True):
             if window.shape != buffer.shape:
                 buffer[...] = 0.0
-            np.copyto(window, source[r0:r1, c0:c1], casting="unsafe")
+            np.copyto(window, source[r0:r1, c0:c1])
             if bad is not None:
                 np.copyto(window, 0.0, where=bad)
-            products = self._scratch(work, "products", len(plane.spectra))
-            np.multiply(scipy.fft.rfft2(buffer, workers=1), plane.spectra, out=products)
+            spectrum = scipy.fft.rfft2(buffer, workers=1)
+            products = self._scratch(work, "products", len(plane.bank))
+            for n, (b, k) in enumerate(zip(plane.bank, plane.index, strict=True)):
+                np.multiply(spectrum, banks[b][k], out=products[n])
             products = scipy.fft.ifft(products, axis=1, overwrite_x=True, workers=1)
             grouped = self._scratch(work, "grouped", plane.column_weights.shape[0])
-            weighted_sum_rows(_as_real(products), 2 * half, plane.row_weights[:, y0:y0 + rows],
-                              plane.group, _as_real(grouped))
-            columns = scipy.fft.irfft(grouped[:, :rows], n=self.length, axis=2, workers=1)
-            weighted_sum_columns(columns, 2 * half, plane.column_weights, output, y0, x0, cols)
+            weighted_sum_rows(products.view(self.dtype), 2 * half, plane.row_weights,
+                              y0 - region.y0, rows, plane.group, grouped.view(self.dtype))
+            columns = scipy.fft.irfft(grouped[:, :rows], n=length, axis=2, workers=1)
+            weighted_sum_columns(columns, 2 * half, plane.column_weights, x0 - region.x0,
+                                 output, y0, x0, cols)
 
-    def units(self):
-        """Units of work ``(planes or piece, tiles)``: tiles of one piece, or whole pieces."""
-        if len(self.pieces) == 1:
-            planes = self.planes(self.pieces[0])
-            return [(planes, [tile]) for tile in self.tiles(self.pieces[0])]
-        return [(piece, self.tiles(piece)) for piece in self.pieces]
+    def units(self, workers):
+        """Units of work of ``workers`` threads (see `run_unit`)."""
+        raise NotImplementedError
 
     def run_unit(self, unit, work):
-        planes, tiles = unit
-        if not isinstance(planes, list):
-            planes = self.planes(planes)
-        for tile in tiles:
-            self.run_tile(tile, planes, work)
+        """Convolve one unit of work."""
+        raise NotImplementedError
 
     def run(self, workers, extra=None):
         """Convolve every tile with ``workers`` threads; ``extra()`` runs alongside."""
-        units = self.units()
-        if workers == 1 or len(units) == 1:
+        units = self.units(workers)
+        workers = min(workers, len(units))  # more threads than units of work would idle
+        if workers == 1:
             if extra is not None:
                 extra()
             work = self.workspace()
@@ -257,15 +242,251 @@ class _Convolver:
                 future.result()
 
 
-def _valid_pieces(kernel, shape, half):
-    """The kernel's pieces cut to the output pixels with a complete kernel (non-empty ones)."""
+def _tile_length(longest, half):
+    """FFT length of the tiles: about _FFT_LENGTH, no longer than ``longest`` pixels need."""
+    target = max(_FFT_LENGTH, 4 * (2 * half + 1)) - 2 * half
+    return scipy.fft.next_fast_len(min(target, longest) + 2 * half, real=True)
+
+
+class _PolynomialConvolver(_Convolver):
+    """A polynomial kernel: one region, monomial spectra computed once; the tiles are the units."""
+
+    def __init__(self, sources, outputs, bad, half, dtype, kernel, kernel_sum):
+        shape = sources[0].shape
+        self.region = _Region(half, shape[0] - half, half, shape[1] - half)
+        longest = max(self.region.y1 - self.region.y0, self.region.x1 - self.region.x0)
+        super().__init__(sources, outputs, bad, half, dtype, _tile_length(longest, half))
+        (piece,) = kernel.pieces(shape)
+        images = piece.images / kernel_sum
+        region = self.region
+        xl = piece.xl[region.x0:region.x1]
+        yl = piece.yl[region.y0:region.y1]
+        planes = [(piece.exponents, images)]
+        if self.variance:
+            planes.append(_squared_monomials(piece.exponents, images))
+        self.planes, spectra = [], []
+        for k, (exponents, plane_images) in enumerate(planes):
+            keep = np.flatnonzero(np.any(plane_images != 0, axis=(1, 2)))
+            if keep.size == 0:  # a zero kernel: keep one (zero) monomial
+                keep = np.array([0])
+            rows, group, columns = _group_by_power(exponents[keep], xl, yl)
+            self.planes.append(_Plane([k] * keep.size, list(range(keep.size)),
+                                      np.ascontiguousarray(rows, dtype=self.dtype),
+                                      group.astype(np.int64),
+                                      np.ascontiguousarray(columns, dtype=self.dtype)))
+            spectra.append(_spectra(plane_images[keep], self.length, self.dtype))
+        self.banks = tuple(spectra)
+
+    def units(self, workers):
+        return self.tiles(self.region)
+
+    def run_unit(self, unit, work):
+        self.run_tile(unit, self.region, self.planes, self.banks, work)
+
+
+def _clipped_intervals(nodes, size, half):
+    """`node_intervals` cut to the output pixels with a complete kernel (non-empty ones)."""
     out = []
-    for piece in kernel.pieces(shape):
-        y0, y1 = max(piece.y0, half), min(piece.y1, shape[0] - half)
-        x0, x1 = max(piece.x0, half), min(piece.x1, shape[1] - half)
-        if y1 > y0 and x1 > x0:
-            out.append(dataclasses.replace(piece, x0=x0, x1=x1, y0=y0, y1=y1))
+    for start, stop, low, high in node_intervals(nodes, size):
+        start, stop = max(start, half), min(stop, size - half)
+        if stop > start:
+            out.append((start, stop, low, high))
     return out
+
+
+def _local(nodes, start, stop, low, high):
+    """Local coordinate of pixels ``start .. stop - 1`` between two nodes (None: the same)."""
+    if low == high:
+        return None
+    return (np.arange(start, stop) - nodes[low]) / (nodes[high] - nodes[low])
+
+
+def _hat_weights(t, n, dtype):
+    """Rows ``(1 - t, t)`` (linear) and ``((1 - t)**2, 2 t (1 - t), t**2)`` (squared)
+    of a local coordinate, or one row of ones without one: two (m, n) arrays.
+    """
+    if t is None:
+        ones = np.ones((1, n), dtype=dtype)
+        return ones, ones
+    linear = np.array([1.0 - t, t], dtype=dtype)
+    quadratic = np.array([(1.0 - t) ** 2, 2.0 * t * (1.0 - t), t**2], dtype=dtype)
+    return linear, quadratic
+
+
+# The banks of a cell row of the bilinear model, in the tuple passed to run_tile:
+# the node kernels, their squares and the products of neighbours along the bottom node row,
+# the same along the top node row, then the products of the two rows: same column, cross.
+_KERNELS, _SQUARES, _PRODUCTS = 0, 1, 2
+_TOP = 3
+_VERTICAL, _CROSS = 6, 7
+
+
+def _cell_layout(x_nodes, x_squares, two_rows):
+    """Bank, index and group of each spectrum of a cell (data, then variance), and the
+    row-weight function of each (0, 1: linear ``1 - v, v``; 0, 1, 2: squared).
+    """
+    row_banks = [0, _TOP] if two_rows else [0]
+    data = [(base + _KERNELS, k, g, q) for g, k in enumerate(x_nodes)
+            for q, base in enumerate(row_banks)]
+    variance = []
+    for g, (kind, k) in enumerate(x_squares):
+        # along y: the bottom row's square, the two rows' product, the top row's square
+        if not two_rows:
+            y_banks = [_SQUARES if kind == "square" else _PRODUCTS]
+        elif kind == "square":
+            y_banks = [_SQUARES, _VERTICAL, _TOP + _SQUARES]
+        else:
+            y_banks = [_PRODUCTS, _CROSS, _TOP + _PRODUCTS]
+        variance += [(b, k, g, q) for q, b in enumerate(y_banks)]
+    layouts = []
+    for items in (data, variance):
+        bank, index, group, which = zip(*items, strict=True)
+        layouts.append((list(bank), list(index), np.array(group, dtype=np.int64),
+                        np.array(which)))
+    return layouts
+
+
+class _SharedRows:
+    """Node-row spectra computed once, by the first thread that needs them, and dropped
+    when every cell row that uses them is done.
+    """
+
+    def __init__(self, compute, users):
+        self.compute = compute
+        self.users = users
+        self.entries = {}
+        self.lock = threading.Lock()
+
+    def get(self, row):
+        with self.lock:
+            entry = self.entries.get(row)
+            owner = entry is None
+            if owner:
+                entry = self.entries[row] = {"ready": threading.Event()}
+        if owner:
+            try:
+                entry["value"] = self.compute(row)
+            except BaseException as exc:
+                entry["error"] = exc
+                raise
+            finally:
+                entry["ready"].set()
+        entry["ready"].wait()
+        if "error" in entry:
+            raise entry["error"]
+        return entry["value"]
+
+    def release(self, row):
+        with self.lock:
+            self.users[row] -= 1
+            if self.users[row] == 0:
+                self.entries.pop(row, None)
+
+
+class _BilinearConvolver(_Convolver):
+    r"""A bilinear node kernel: one region per cell between node lines, node spectra shared.
+
+    In a cell with corner nodes :math:`s` and local coordinates ``u, v``,
+    :math:`K = \sum_s w_s K_s` with the hat weights :math:`w_s` (``(1-u)(1-v)``,
+    ...), so the data's output is :math:`\sum_s w_s(x, y)\,(D \circledast K_s)`:
+    the four node kernels' spectra, each computed once per node and shared by
+    the cells around it, rows weighted by ``1-v`` or ``v`` and grouped by
+    node column, columns by ``1-u`` or ``u``. The squared kernel is
+    :math:`K^2 = \sum_{s,t} w_s w_t K_s K_t = \sum_{p,q} A_p(u) B_q(v) Q_{pq}`
+    with the degree-2 Bernstein weights ``(1-t)^2, 2t(1-t), t^2`` and nine
+    images: the node squares :math:`K_s^2` (shared by four cells), the
+    products of neighbouring nodes along a node line (shared by two cells),
+    and one cross product :math:`(K_{00} K_{11} + K_{10} K_{01}) / 2` per
+    cell: four new spectra per cell instead of nine. Both are exact.
+
+    The units of work are the cell rows; the spectra of a node row are
+    computed once (`_SharedRows`) and kept while a cell row uses them.
+    """
+
+    def __init__(self, sources, outputs, bad, half, dtype, kernel, kernel_sum):
+        shape = sources[0].shape
+        self.nodes_x, self.nodes_y = (np.asarray(n, dtype=np.float64) for n in kernel.nodes)
+        self.x_intervals = _clipped_intervals(self.nodes_x, shape[1], half)
+        self.y_intervals = _clipped_intervals(self.nodes_y, shape[0], half)
+        longest = max(max(b - a for a, b, _, _ in self.x_intervals),
+                      max(b - a for a, b, _, _ in self.y_intervals))
+        super().__init__(sources, outputs, bad, half, dtype, _tile_length(longest, half))
+        self.images = kernel.term_images / kernel_sum
+        self.columns = sorted({c for _, _, low, high in self.x_intervals for c in (low, high)})
+        self.pairs = [(low, high) for _, _, low, high in self.x_intervals if low != high]
+        column = {c: k for k, c in enumerate(self.columns)}
+        pair = {p: k for k, p in enumerate(self.pairs)}
+        # per cell column: its x weights and the layout of its spectra (one or two node rows)
+        self.cell_columns = []
+        for start, stop, low, high in self.x_intervals:
+            weights = _hat_weights(_local(self.nodes_x, start, stop, low, high), stop - start,
+                                   self.dtype)
+            x_nodes = [column[low]] if low == high else [column[low], column[high]]
+            x_squares = [("square", column[low])]
+            if low != high:
+                x_squares += [("product", pair[(low, high)]), ("square", column[high])]
+            layouts = {two: _cell_layout(x_nodes, x_squares, two) for two in (False, True)}
+            self.cell_columns.append((weights, layouts))
+        self.empty = np.zeros((0, self.length, self.length // 2 + 1), dtype=self.complex_dtype)
+        users = {}
+        for _, _, bottom, top in self.y_intervals:
+            for row in {bottom, top}:
+                users[row] = users.get(row, 0) + 1
+        self.rows = _SharedRows(self.node_row, users)
+
+    def _node(self, row, column):
+        return self.images[row * self.nodes_x.size + column]
+
+    def node_row(self, row):
+        """Spectra of one node row: the kernels, their squares and neighbours' products."""
+        kernels = np.stack([self._node(row, c) for c in self.columns])
+        if not self.variance:
+            return (_spectra(kernels, self.length, self.dtype), self.empty, self.empty)
+        products = [self._node(row, low) * self._node(row, high) for low, high in self.pairs]
+        spectra = _spectra(np.concatenate([kernels, kernels**2, np.reshape(
+            products, (len(products), *kernels.shape[1:]))]), self.length, self.dtype)
+        n = len(self.columns)
+        return spectra[:n], spectra[n:2 * n], spectra[2 * n:]
+
+    def between(self, bottom, top):
+        """Spectra of the products of two node rows: same column, and the cells' cross products."""
+        vertical = [self._node(bottom, c) * self._node(top, c) for c in self.columns]
+        cross = [0.5 * (self._node(bottom, low) * self._node(top, high)
+                        + self._node(bottom, high) * self._node(top, low))
+                 for low, high in self.pairs]
+        spectra = _spectra(np.array(vertical + cross), self.length, self.dtype)
+        n = len(self.columns)
+        return spectra[:n], spectra[n:]
+
+    def units(self, workers):
+        """The cell rows, in order."""
+        return self.y_intervals
+
+    def run_unit(self, unit, work):
+        y0, y1, bottom, top = unit
+        two_rows = bottom != top
+        node_rows = [bottom, top] if two_rows else [bottom]
+        try:
+            spectra = [self.rows.get(row) for row in node_rows]
+            vertical = cross = self.empty
+            if self.variance and two_rows:
+                vertical, cross = self.between(bottom, top)
+            banks = (*spectra[0], *spectra[-1], vertical, cross)
+            linear_y, quadratic_y = _hat_weights(_local(self.nodes_y, y0, y1, bottom, top),
+                                                 y1 - y0, self.dtype)
+            for cell_column, (x0, x1, _, _) in enumerate(self.x_intervals):
+                (linear_x, quadratic_x), layouts = self.cell_columns[cell_column]
+                planes = [_Plane(bank, index, np.ascontiguousarray(y_weights[which]), group,
+                                 x_weights)
+                          for (bank, index, group, which), y_weights, x_weights in zip(
+                              layouts[two_rows], (linear_y, quadratic_y),
+                              (linear_x, quadratic_x), strict=False)]
+                region = _Region(y0, y1, x0, x1)
+                for tile in self.tiles(region):
+                    self.run_tile(tile, region, planes[:len(self.sources)], banks, work)
+        finally:
+            for row in node_rows:
+                self.rows.release(row)
 
 
 def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normalize=True,
@@ -370,6 +591,23 @@ def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normal
         return convolve_checked(*inputs, n_threads=n_threads)
 
 
+#: Values above the dtype's largest over this factor are scaled down before the FFTs:
+#: a tile's spectrum sums ~2**16 pixels times the kernel.
+_FFT_HEADROOM = 2.0**30
+
+
+def _overflow_exponent(values, good):
+    """0, or the power of two to divide ``values`` by so that the FFTs cannot overflow."""
+    limit = float(np.finfo(values.dtype).max) / _FFT_HEADROOM
+    where = True if good is None else good
+    # the largest and smallest, not max(abs()): no temporary copy of the image
+    largest = max(abs(float(np.max(values, where=where, initial=-np.inf))),
+                  abs(float(np.min(values, where=where, initial=np.inf))))
+    if not largest > limit or not np.isfinite(largest):
+        return 0
+    return int(np.frexp(largest)[1])
+
+
 def check_convolution_inputs(data, kernel, variance, mask, normalize):
     """Validate the inputs: ``(data, kernel, variance, mask, kernel_sum, dtype)``."""
     if not isinstance(kernel, SpatialKernel):
@@ -405,21 +643,34 @@ def convolve_checked(data, kernel, variance, mask, kernel_sum, dtype, *, n_threa
     ``n_threads`` tiles are convolved at once.
     """
     shape, half = data.shape, kernel.kernel_size // 2
-    bad = ~np.isfinite(data)
+    # one dtype per call, native and contiguous (a copy only for other inputs)
+    data = np.ascontiguousarray(data, dtype=dtype)
     if variance is not None:
-        bad |= ~np.isfinite(variance)
+        variance = np.ascontiguousarray(variance, dtype=dtype)
+    good = np.isfinite(data)
+    if variance is not None:
+        np.logical_and(good, np.isfinite(variance), out=good)
     if mask is not None:
-        bad |= mask
-    if not bad.any():
-        bad = None
+        np.logical_and(good, ~mask, out=good)
+    bad = np.logical_not(good, out=good) if not good.all() else None
 
     sources = [data] if variance is None else [data, variance]
+    # values so large that the FFT sums would overflow are convolved scaled by a power
+    # of two (exact), then scaled back
+    exponents = [_overflow_exponent(source, None if bad is None else ~bad)
+                 for source in sources]
+    sources = [source if e == 0 else np.ldexp(source, -e).astype(dtype, copy=False)
+               for source, e in zip(sources, exponents, strict=True)]
     outputs = [np.empty(shape, dtype=dtype) for _ in sources]
     out_mask = np.zeros(shape, dtype=bool)
     extra = None if bad is None else (lambda: dilate_box(bad, half, out_mask))
-    pieces = _valid_pieces(kernel, shape, half)
-    _Convolver(sources, outputs, pieces, bad, half, dtype, kernel_sum).run(n_threads, extra)
+    kind = _PolynomialConvolver if kernel.nodes is None else _BilinearConvolver
+    kind(sources, outputs, bad, half, dtype, kernel, kernel_sum).run(n_threads, extra)
 
+    for output, e in zip(outputs, exponents, strict=True):
+        if e:
+            with np.errstate(over="ignore"):  # a result beyond the dtype is inf, as it is
+                np.copyto(output, np.ldexp(output, e), casting="unsafe")
     if bad is not None:
         for output in outputs:
             np.copyto(output, np.nan, where=out_mask)

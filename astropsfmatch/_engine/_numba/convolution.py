@@ -1,12 +1,16 @@
 """Numba kernels of the spatially varying convolution (``_engine.convolve``).
 
 The convolution works on FFT tiles. After the inverse FFT along y of every
-monomial product spectrum, :func:`weighted_sum_rows` multiplies each row by
-its y-weight and groups the monomials that share a power of x;
-:func:`weighted_sum_columns` applies the x-weights after the inverse FFT
-along x and writes the output tile. :func:`dilate_box` grows the bad-pixel
-map by the kernel footprint. All are serial and release the GIL, so that the
-caller runs one tile per thread.
+product of the tile's spectrum with a kernel spectrum, :func:`weighted_sum_rows`
+multiplies each row by its y-weight and groups the products that share an
+x-weight; :func:`weighted_sum_columns` applies the x-weights after the
+inverse FFT along x and writes the output tile. :func:`dilate_box` grows the
+bad-pixel map by the kernel footprint. All are serial and release the GIL,
+so that the caller runs one tile per thread. The caller passes the arrays of
+one dtype per call (float32 or float64): at most two signatures each, and
+only three kernels, so that a first run compiles little. The other steps
+(copying a tile into the FFT buffer, the products of spectra) are single
+NumPy calls that are as fast.
 """
 
 import numba
@@ -23,17 +27,16 @@ __all__ = []  # internal to the package: nothing here is public
 
 
 @numba.njit(**JIT_OPTIONS)
-def weighted_sum_rows(spectra, row0, weights, group, out):
+def weighted_sum_rows(spectra, row0, weights, w0, n_rows, group, out):
     """Group row-weighted planes:
-    ``out[g, i] = sum_{n: group[n] == g} weights[n, i] * spectra[n, row0 + i]`` for
-    ``i < weights.shape[1]``.
+    ``out[g, i] = sum_{n: group[n] == g} weights[n, w0 + i] * spectra[n, row0 + i]`` for
+    ``i < n_rows``.
 
     spectra (n, rows, cols) real (complex spectra viewed as pairs of reals);
-    weights (n, n_rows); group (n,) int in [0, out.shape[0]); out (n_groups, >= n_rows,
-    cols): rows ``0 .. n_rows - 1`` are overwritten.
+    weights (n, >= w0 + n_rows); group (n,) int in [0, out.shape[0]); out (n_groups,
+    >= n_rows, cols): rows ``0 .. n_rows - 1`` are overwritten.
     """
     n_planes, n_cols = spectra.shape[0], spectra.shape[2]
-    n_rows = weights.shape[1]
     n_groups = out.shape[0]
     for i in range(n_rows):
         for g in range(n_groups):
@@ -43,24 +46,24 @@ def weighted_sum_rows(spectra, row0, weights, group, out):
         for n in range(n_planes):
             target = out[group[n], i]
             source = spectra[n, row0 + i]
-            w = weights[n, i]
+            w = weights[n, w0 + i]
             for k in range(n_cols):
                 target[k] += w * source[k]
 
 
 @numba.njit(**JIT_OPTIONS)
-def weighted_sum_columns(planes, col0, weights, out, y0, x0, n_cols):
+def weighted_sum_columns(planes, col0, weights, w0, out, y0, x0, n_cols):
     """Sum column-weighted planes into a block of ``out``:
-    ``out[y0 + i, x0 + j] = sum_a weights[a, x0 + j] * planes[a, i, col0 + j]``
+    ``out[y0 + i, x0 + j] = sum_a weights[a, w0 + j] * planes[a, i, col0 + j]``
     for ``i < planes.shape[1]``, ``j < n_cols``.
 
-    planes (n, rows, cols) real; weights (n, nx) real; out (ny, nx).
+    planes (n, rows, cols) real; weights (n, >= w0 + n_cols) real; out (ny, nx).
     """
     n_planes, n_rows = planes.shape[0], planes.shape[1]
     column_weights = np.empty((n_planes, n_cols), dtype=planes.dtype)
     for a in range(n_planes):
         for j in range(n_cols):
-            column_weights[a, j] = weights[a, x0 + j]
+            column_weights[a, j] = weights[a, w0 + j]
     total = np.empty(n_cols, dtype=planes.dtype)
     for i in range(n_rows):
         source = planes[0, i, col0:col0 + n_cols]
@@ -123,3 +126,4 @@ def dilate_box(bad, half, out):
         target = out[y]
         for x in range(n_x):
             target[x] = counts[x] > 0
+
