@@ -22,6 +22,8 @@ from contextlib import contextmanager
 import numba
 import scipy.fft
 
+from ._validate import InvalidTypeError
+
 __all__ = []  # private module
 
 
@@ -38,13 +40,17 @@ def resolve_workers(workers):
 
     Raises
     ------
+    TypeError
+        If ``workers`` is neither None nor an integer.
     ValueError
-        If ``workers`` is neither None nor an integer >= 1.
+        If ``workers`` is an integer < 1.
     """
     if workers is None:
         return available_cpus()
-    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
-        msg = f"workers must be None or an integer >= 1, got {workers!r}"
+    msg = f"workers must be None or an integer >= 1, got {workers!r}"
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
+        raise InvalidTypeError(msg)
+    if workers < 1:
         raise ValueError(msg)
     return int(workers)
 

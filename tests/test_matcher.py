@@ -358,9 +358,11 @@ class TestWorkers:
         np.testing.assert_allclose(one.matched.data, result.matched.data, rtol=1e-12,
                                    equal_nan=True)
 
-    @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
-    def test_bad_workers(self, bad):
-        with pytest.raises(ValueError, match="workers must be None or an integer >= 1"):
+    @pytest.mark.parametrize(("bad", "error"), [(0, ValueError), (-2, ValueError),
+                                                (1.5, TypeError), (True, TypeError),
+                                                ("2", TypeError)])
+    def test_bad_workers(self, bad, error):
+        with pytest.raises(error, match="workers must be None or an integer >= 1"):
             ModelPsfMatcher(REFERENCE_CONFIG).solve((256, 256), gaussian_stamp(11, 2.0),
                                                     gaussian_stamp(11, 3.0),
                                     workers=bad)

@@ -89,6 +89,12 @@ def variance_of(uncertainty, shape, *, unit=None, name="image.uncertainty", dtyp
                "uncertainties must be >= 0 (mask the pixels instead)")
         raise ValueError(msg)
     factor = _unit_factor(uncertainty, unit, name)
+    low, high = _variance_range(array, factor, uncertainty)
+    if not high < _MAX_VARIANCE:
+        msg = (f"{name} gives variances up to {high:.3g} in the data unit squared, beyond "
+               f"what float64 holds with the margin the convolution needs ({_MAX_VARIANCE:.3g}); "
+               "express the data in a larger unit")
+        raise ValueError(msg)
     work = np.float64
     if np.dtype(dtype) == np.float32 and _float32_safe(array, factor, uncertainty):
         work = np.float32
@@ -104,16 +110,34 @@ def variance_of(uncertainty, shape, *, unit=None, name="image.uncertainty", dtyp
     return variance, type(uncertainty)
 
 
-def _float32_safe(array, factor, uncertainty):
-    """True when every variance of ``array`` is a normal float32 number (or 0, inf, nan)."""
+#: The largest variance accepted: the convolution sums products of it with the squared
+#: kernel over many pixels, which must not overflow float64.
+_MAX_VARIANCE = float(np.finfo(np.float64).max) / 1e6
+
+
+def _variance_range(array, factor, uncertainty):
+    """Smallest and largest variance of the positive finite values of ``array`` (or 0, 0).
+
+    Computed in float64 without warnings: an overflow gives ``inf``.
+    """
     finite = array[np.isfinite(array) & (array > 0)]
     if finite.size == 0:
+        return 0.0, 0.0
+    with np.errstate(over="ignore", divide="ignore", under="ignore"):
+        low = np.float64(finite.min()) * np.float64(factor)
+        high = np.float64(finite.max()) * np.float64(factor)
+        if isinstance(uncertainty, StdDevUncertainty):
+            low, high = low * low, high * high
+        elif isinstance(uncertainty, InverseVariance):
+            low, high = np.float64(1.0) / high, np.float64(1.0) / low
+    return float(low), float(high)
+
+
+def _float32_safe(array, factor, uncertainty):
+    """True when every variance of ``array`` is a normal float32 number (or 0, inf, nan)."""
+    if not np.any(np.isfinite(array) & (array > 0)):
         return True
-    low, high = float(finite.min()) * factor, float(finite.max()) * factor
-    if isinstance(uncertainty, StdDevUncertainty):
-        low, high = low**2, high**2
-    elif isinstance(uncertainty, InverseVariance):
-        low, high = 1.0 / high, 1.0 / low
+    low, high = _variance_range(array, factor, uncertainty)
     info = np.finfo(np.float32)
     # margins: the convolution sums hundreds of products of the kernel squared
     return low > float(info.tiny) * 1e6 and high < float(info.max) / 1e6
@@ -257,7 +281,11 @@ def parse_image(image, source_psf=None):
         msg = f"image data must be real numbers, got dtype {data.dtype}"
         raise TypeError(msg)
     if mask is not None:
-        mask = np.asarray(mask)
+        try:
+            mask = np.asarray(mask)
+        except (TypeError, ValueError) as exc:  # ragged nested sequences
+            msg = f"image.mask must be an array of booleans of the data's shape: {exc}"
+            raise InvalidTypeError(msg) from exc
         if mask.dtype.kind not in "biuf":
             # a string or object array would be "True" everywhere
             msg = f"image.mask must hold booleans (or 0/1 numbers), got dtype {mask.dtype}"

@@ -315,12 +315,24 @@ def alard_lupton_sigmas(source_fwhm, target_fwhm, *, sigmas=_REFERENCE.alard_sig
             widths = [kernel_sigma]
         while len(widths) < len(sigmas):
             widths.append(widths[-1] * gauss_beta)
-    size = int(fwhm_scaling * widths[-1])
+    raw_size = fwhm_scaling * widths[-1]
+    if not raw_size <= _MAX_SCALED_KERNEL_SIZE:
+        msg = (f"the kernel size from the PSF widths would be {raw_size:.3g} pixels "
+               f"(fwhm_scaling {fwhm_scaling:g} x the widest Gaussian, sigma {widths[-1]:.3g}; "
+               f"at most {_MAX_SCALED_KERNEL_SIZE}): check fwhm_scaling, min_sigma and "
+               "gauss_beta (MatchConfig: kernel_size_fwhm_scaling, alard_min_sigma, "
+               "alard_gauss_beta)")
+        raise ValueError(msg)
+    size = int(raw_size)
     size += 0 if size % 2 else 1
     size = max(size, kernel_size_min)
     if kernel_size_max is not None:
         size = min(size, kernel_size_max)
     return AlardLuptonParameters(tuple(widths), degrees, size, mode)
+
+
+#: Kernel sizes scaled from the PSF widths above this are refused before any array is made.
+_MAX_SCALED_KERNEL_SIZE = 100_001
 
 
 def _alard_lupton_labels(sigmas, degrees):

@@ -1,10 +1,13 @@
 """The spatially varying PSF-matching kernel: `SpatialKernel`."""
 
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
 
+from .._validate import InvalidTypeError
 from .spatial import (
     POLYNOMIAL_MODELS,
     SPATIAL_MODELS,
@@ -390,12 +393,35 @@ class SpatialKernel:
             version, or misses or has a bad keyword or extension (named in
             the message).
         """
-        try:
-            hdul = fits.open(path)
-        except OSError as exc:
-            msg = f"{path}: cannot read as FITS: {exc}"
-            raise ValueError(msg) from exc
-        with hdul:
+        _check_path(path)
+        kernel = error = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                kernel = cls._read_checked(path)
+            except (OSError, TypeError, IndexError, ValueError) as exc:
+                error = exc
+        _raise_on_damage(path, caught)  # a damaged file is refused as such, first
+        if isinstance(error, ValueError):
+            raise error
+        if error is not None:  # truncated or unreadable data
+            msg = f"{path}: cannot read as FITS: {error}"
+            raise ValueError(msg) from error
+        return kernel
+
+    @classmethod
+    def _read_checked(cls, path):
+        """`read` after the path was checked, inside a warnings record."""
+        if isinstance(path, str | os.PathLike):
+            # opened here, so that it is closed even when astropy fails half-way
+            with open(path, "rb") as handle:
+                return cls._read_open(handle, path)
+        return cls._read_open(path, path)
+
+    @classmethod
+    def _read_open(cls, handle, path):
+        """`read` from an open file."""
+        with fits.open(handle, checksum=True) as hdul:
             header = hdul[0].header
             if header.get("KFORMAT") != _FORMAT_NAME:
                 msg = f"{path} is not an astropsfmatch kernel file (no KFORMAT={_FORMAT_NAME})"
@@ -418,8 +444,38 @@ class SpatialKernel:
                 return cls(basis, coefficients, spatial_model=model,
                            spatial_order=_keyword(header, "SPORDER", path, int), bbox=bbox)
             except ValueError as exc:
+                if str(exc).startswith(str(path)):
+                    raise
                 msg = f"{path}: {exc}"
                 raise ValueError(msg) from exc
+
+
+def _check_path(path):
+    """Refuse what is neither a non-empty path nor a readable file object, naming it."""
+    if isinstance(path, str | os.PathLike):
+        if not os.fspath(path):
+            msg = f"path must name a kernel FITS file, got {path!r}"
+            raise ValueError(msg)
+        return
+    if not callable(getattr(path, "read", None)):
+        msg = f"path must be a file path or a readable file object, got {path!r}"
+        raise InvalidTypeError(msg)
+
+
+#: Words of astropy's warnings about a damaged file: refused, never read silently.
+_DAMAGE = ("checksum", "datasum", "truncated", "header size is not a multiple",
+           "header size is not multiple")
+
+
+def _raise_on_damage(path, caught):
+    """Refuse a file with failed checksums or truncated data; re-issue other warnings."""
+    damage = [str(w.message) for w in caught if any(word in str(w.message).lower()
+                                                      for word in _DAMAGE)]
+    if damage:
+        msg = f"{path} is damaged and was not read: {'; '.join(damage)}"
+        raise ValueError(msg)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _local(pixels, nodes, low, high):
@@ -446,12 +502,16 @@ def _keyword(header, key, path, kind):
 
 def _extension(hdul, key, path):
     """The data of one extension as float64, or a ValueError naming it."""
+    name = "primary HDU" if key == 0 else f"{key} extension"
     try:
-        data = hdul[key].data
+        hdu = hdul[key]
     except (KeyError, IndexError):
-        data = None
+        hdu = None
+    if hdu is not None and not hdu.is_image:
+        msg = f"{path}: the {name} of a kernel file must be an image, got a {type(hdu).__name__}"
+        raise ValueError(msg)
+    data = None if hdu is None else hdu.data
     if data is None:
-        name = "primary HDU" if key == 0 else f"{key} extension"
         msg = f"{path}: the kernel file has no data in its {name}"
         raise ValueError(msg)
     return np.array(data, dtype=np.float64)

@@ -143,10 +143,12 @@ def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, bet
         little resolution; 1 makes the kernel a near-delta function where the
         PSF is broadest.
     beta : float, optional
-        Moffat power index (> 1); used only for ``profile='moffat'``.
+        Moffat power index (> 1 and at most 1e6, where a Moffat is a
+        Gaussian to 1e-6: use ``profile='gaussian'``); used only for
+        ``profile='moffat'``.
     n_samples : int, optional
-        Number of sample positions along each axis of a field (>= 2; the
-        field corners are always included).
+        Number of sample positions along each axis of a field (2 to 1000;
+        the field corners are always included).
 
     Returns
     -------
@@ -205,8 +207,8 @@ def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, bet
         # a target ten times broader than the broadest input is no longer a PSF match
         fail("margin", margin, f"<= {_MAX_MARGIN:g} (a target at most {_MAX_MARGIN:g} times "
              "the broadest input PSF)")
-    beta = real(gt=1)("beta", beta) if profile == "moffat" else None
-    n_samples = integer(2)("n_samples", n_samples)
+    beta = real(gt=1, le=MAX_BETA)("beta", beta) if profile == "moffat" else None
+    n_samples = integer(2, maximum=MAX_SAMPLES)("n_samples", n_samples)
     entries = _exposure_psfs(psfs, shapes)
 
     n = len(entries)
@@ -246,6 +248,13 @@ def common_target_psf(psfs, *, shapes=None, profile="gaussian", margin=1.05, bet
                         margin=margin, required_fwhm=float(required_fwhm),
                         fwhm_range=fwhm_range, major_fwhm=major, limiting_exposure=limiting,
                         limiting_position=position, n_positions=n_positions)
+
+
+#: The largest Moffat beta: beyond it the profile is a Gaussian to 1e-6.
+MAX_BETA = 1e6
+
+#: The most sample positions along each axis of a field (a million per field).
+MAX_SAMPLES = 1000
 
 
 def _make_profile(profile, fwhm, beta):
