@@ -2,7 +2,10 @@
 
 import logging
 import os
+import pickle
 import sys
+import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +14,14 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.wcs import WCS
 from photutils.psf import CircularGaussianPRF
 
-from astropsfmatch import MatchConfig, MatchResult, ModelPsfMatcher, SpatialKernel
+from astropsfmatch import (
+    MatchConfig,
+    MatchQualityWarning,
+    MatchResult,
+    ModelPsfMatcher,
+    SpatialKernel,
+    coadd,
+)
 from astropsfmatch._adapters.psf import realize_psf
 from astropsfmatch._workflow.many import ManyResult, match_many
 
@@ -19,6 +29,10 @@ SHAPE = (192, 192)
 CONFIG = MatchConfig(cell_size=64)
 TARGET = CircularGaussianPRF(fwhm=4.0)
 SOURCE_FWHM = (2.5, 3.0, 3.4)
+# two cells per axis cannot hold a spatial order of 2: each exposure warns, the same way
+WARNING_CONFIG = CONFIG.replace(spatial_model="chebyshev1", spatial_order=2, cell_size=96)
+# no match reaches this: each one emits a MatchQualityWarning
+POOR_CONFIG = CONFIG.replace(max_residual=1e-12)
 
 
 def make_image(index, *, psf=True):
@@ -246,6 +260,164 @@ class TestProgress:
         assert not [r for r in caplog.records if r.levelno == logging.INFO]
 
 
+class TestSequence:
+    """ManyResult is a sequence of the per-exposure results."""
+
+    def test_iteration_and_indexing(self, serial):
+        assert list(serial) == serial.results
+        assert [serial[i] for i in range(len(serial))] == serial.results
+        assert serial[-1] is serial.results[2]
+        assert list(reversed(serial)) == serial.results[::-1]
+        assert serial.results[1] in serial
+        assert serial.index(serial.results[1]) == 1
+        with pytest.raises(IndexError, match="list index out of range"):
+            serial[3]
+
+    def test_slices_are_many_results(self, images, serial, tmp_path):
+        many = match_many([images[0], tmp_path / "missing.fits", images[2]], TARGET,
+                          config=CONFIG, progress=False)
+        part = many[1:]
+        assert isinstance(part, ManyResult)
+        assert len(part) == 2
+        assert part.names == many.names[1:]
+        assert part.results == many.results[1:]
+        assert part.failed == [0] and part.succeeded == [1]
+        assert set(part.errors) == {str(tmp_path / "missing.fits")}
+        assert many[:1].errors == {}
+        assert part.durations == many.durations[1:]
+        assert part.kernel_paths == [None, None]
+        assert many[::2].names == ["exposure 0", "exposure 2"]
+        assert many[5:].results == [] and len(many[5:]) == 0
+
+    def test_slice_coadds_like_the_whole(self, images, serial):
+        whole = coadd(serial[:2], images[0].wcs, SHAPE)
+        same = coadd(serial.results[:2], images[0].wcs, SHAPE)
+        np.testing.assert_array_equal(whole.data, same.data)
+
+    def test_a_many_result_of_paths_is_a_list_of_images(self, images, tmp_path):
+        written = match_many(images[:2], TARGET, config=CONFIG, output_dir=tmp_path,
+                             progress=False)
+        again = match_many(written, TARGET, config=CONFIG, progress=False)
+        assert again.names == written.results
+        assert again.succeeded == [0, 1]
+
+
+class TestWarnings:
+    def test_collected_once_each_after_the_bar(self, images, caplog, capsys):
+        pytest.importorskip("tqdm")
+        with caplog.at_level(logging.WARNING, logger="astropy.astropsfmatch"), \
+                warnings.catch_warnings():
+            warnings.simplefilter("error")   # nothing escapes match_many
+            many = match_many(images, TARGET, config=WARNING_CONFIG, progress=True)
+        assert many.succeeded == [0, 1, 2]
+        assert list(many.warnings) == many.names
+        for records in many.warnings.values():
+            assert [w.category.__name__ for w in records] == ["AstropyUserWarning"]
+            assert "using spatial_order 1" in str(records[0].message)
+        [(category, message, names)] = many.warning_summary
+        assert category.__name__ == "AstropyUserWarning"
+        assert names == many.names
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(lines) == 1
+        assert lines[0].startswith("match_many: AstropyUserWarning in 3 of 3 exposure(s) "
+                                   "('exposure 0', 'exposure 1', 'exposure 2'): spatial_order 2")
+        # the bar is finished (closed) before anything is logged
+        assert "3/3" in capsys.readouterr().err
+        assert repr(many).startswith("<ManyResult 3 exposure(s): 3 matched, 0 failed, "
+                                     "3 with warnings, ")
+
+    def test_no_warnings(self, serial):
+        assert serial.warnings == {}
+        assert serial.warning_summary == []
+
+    def test_distinct_warnings_and_long_name_lists(self, images, caplog):
+        # a wider image has another grid: a second, different message
+        wide = CCDData(np.zeros((192, 288)), unit="electron", psf=images[0].psf)
+        inputs = [images[0]] * 6 + [wide]
+        names = [f"e{i}" for i in range(7)]
+        with caplog.at_level(logging.WARNING, logger="astropy.astropsfmatch"):
+            many = match_many(inputs, TARGET, config=WARNING_CONFIG, progress=False,
+                              names=names)
+        [(_, first, six), (_, second, one)] = many.warning_summary
+        assert (six, one) == (names[:6], ["e6"])
+        assert "(2, 2) cells" in first and "(2, 3) cells" in second
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(lines) == 2
+        assert "in 6 of 7 exposure(s) ('e0', 'e1', 'e2', 'e3', 'e4' and 1 more)" in lines[0]
+        assert "in 1 of 7 exposure(s) ('e6')" in lines[1]
+
+    def test_failures_logged_after_the_warnings(self, images, tmp_path, caplog):
+        missing = str(tmp_path / "missing.fits")
+        with caplog.at_level(logging.WARNING, logger="astropy.astropsfmatch"):
+            many = match_many([images[0], missing], TARGET, config=WARNING_CONFIG,
+                              progress=False)
+        assert list(many.warnings) == ["exposure 0"]
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(lines) == 2
+        assert "AstropyUserWarning in 1 of 2 exposure(s) ('exposure 0')" in lines[0]
+        assert lines[1].startswith(f"match_many: exposure {missing!r} failed: FileNotFoundError")
+
+    def test_user_filters_restored(self, images):
+        before = warnings.filters[:], warnings.showwarning
+        match_many(images[:1], TARGET, config=WARNING_CONFIG, progress=False)
+        assert (warnings.filters[:], warnings.showwarning) == before
+
+    def test_records_pickle(self, images):
+        many = match_many(images[:1], TARGET, config=WARNING_CONFIG, progress=False)
+        [record] = pickle.loads(pickle.dumps(many.warnings))["exposure 0"]
+        assert "spatial_order" in str(record.message)
+
+    def test_threads_keep_their_own_warnings(self, images):
+        # two matches at once in two threads of one process, as in a dask worker
+        from astropsfmatch._workflow.many import _match_one
+
+        outcomes = {}
+
+        def run(key, config):
+            outcomes[key] = _match_one(images[0], TARGET, None, config, 1.0, None, False, {})
+
+        threads = [threading.Thread(target=run, args=("warns", WARNING_CONFIG)),
+                   threading.Thread(target=run, args=("quiet", CONFIG))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert outcomes["warns"].ok and outcomes["quiet"].ok
+        assert [str(w.message)[:16] for w in outcomes["warns"].warnings] == ["spatial_order 2 "]
+        assert outcomes["quiet"].warnings == []
+
+
+class TestPoorMatches:
+    def test_recorded_as_errors_by_default(self, images, tmp_path, caplog):
+        with caplog.at_level(logging.WARNING, logger="astropy.astropsfmatch"):
+            many = match_many(images[:2], TARGET, config=POOR_CONFIG, progress=False,
+                              output_dir=tmp_path)
+        assert many.failed == [0, 1]
+        assert all(m.startswith("MatchQualityWarning: ") for m in many.errors.values())
+        assert many.warnings == {}
+        assert os.listdir(tmp_path) == []   # nothing written for a poor match
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(lines) == 2
+        assert all("failed: MatchQualityWarning: " in line for line in lines)
+
+    def test_kept_when_asked(self, images, tmp_path):
+        many = match_many(images[:2], TARGET, config=POOR_CONFIG, progress=False,
+                          output_dir=tmp_path, keep_poor_matches=True)
+        assert many.succeeded == [0, 1]
+        assert many.errors == {}
+        assert all(os.path.exists(p) for p in many.results)
+        for records in many.warnings.values():
+            assert [w.category for w in records] == [MatchQualityWarning]
+        # the measured residual is in the message: one entry per distinct message
+        summary = many.warning_summary
+        assert {category for category, _, _ in summary} == {MatchQualityWarning}
+        assert sorted(name for _, _, names in summary for name in names) == many.names
+
+    def test_keep_poor_matches_is_a_bool(self, images):
+        with pytest.raises(TypeError, match="keep_poor_matches must be True or False"):
+            match_many(images, TARGET, keep_poor_matches="yes")
+
+
 class TestDask:
     """The same calls on a dask.distributed LocalCluster of two workers."""
 
@@ -262,6 +434,16 @@ class TestDask:
         many = match_many(images, TARGET, config=CONFIG, client=client, progress=False)
         assert many.succeeded == [0, 1, 2]
         assert_same_results(many.results, serial.results)
+
+    def test_warnings_and_poor_matches(self, images, client):
+        many = match_many(images, TARGET, config=WARNING_CONFIG, client=client, progress=False)
+        assert list(many.warnings) == many.names
+        [(_, message, names)] = many.warning_summary
+        assert message.startswith("spatial_order 2") and names == many.names
+        poor = match_many(images[:2], TARGET, config=POOR_CONFIG, client=client,
+                          progress=False)
+        assert poor.failed == [0, 1]
+        assert all(m.startswith("MatchQualityWarning: ") for m in poor.errors.values())
 
     def test_failures_and_output_dir(self, images, paths, serial, client, tmp_path):
         inputs = [paths[0], str(tmp_path / "missing.fits"), images[2], make_image(7, psf=False)]
