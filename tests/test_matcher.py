@@ -1,5 +1,6 @@
 """ModelPsfMatcher.match / match_psf end to end: the matched CCDData."""
 
+import os
 import warnings
 
 import astropy.units as u
@@ -397,3 +398,22 @@ class TestDeconvolutionWarning:
             warnings.simplefilter("error")
             match_psf(np.zeros((256, 256)), gaussian_stamp(31, 3.1),
                       source_psf=gaussian_stamp(31, 3.0, sigma_y=1.2), cell_size=64)
+
+
+def test_first_run_says_it_compiles(tmp_path):
+    # a fresh numba cache: the first match compiles the kernels and says so, once
+    import subprocess
+    import sys
+
+    code = ("import logging, numpy as np\n"
+            "from astropsfmatch import match_psf, log\n"
+            "from photutils.psf import CircularGaussianPRF\n"
+            "log.setLevel('INFO')\n"
+            "match_psf(np.zeros((48, 48)), CircularGaussianPRF(fwhm=3.0),\n"
+            "          source_psf=CircularGaussianPRF(fwhm=2.0), kernel_size=7,\n"
+            "          kernel_basis='alard-lupton')\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600, check=True)
+    said = done.stdout + done.stderr  # astropy's logger prints INFO on stdout
+    assert said.count("compiling the numerical kernels (first run after") == 1, said

@@ -14,6 +14,7 @@ from .._adapters.nddata import (
     warn_if_dynamic_range,
 )
 from .._adapters.psf import as_psf
+from .._engine._numba.notice import on_first_compilation
 from .._engine.candidates import Candidate
 from .._engine.convolve import check_convolution_inputs, convolve_checked
 from .._engine.grid import CellGrid, NodeGrid
@@ -70,6 +71,12 @@ class _Solved:
 
     def __len__(self):
         return 5
+
+
+# the first run after installation compiles the numba kernels (seconds): say so, once
+on_first_compilation(lambda: log.info(
+    "compiling the numerical kernels (first run after installation only: they are cached "
+    "on disk for later runs)"))
 
 
 class ModelPsfMatcher:
