@@ -756,7 +756,8 @@ def _run_match(args, parser):
         if args.diagnostics is not None:
             from .diagnostics import save_diagnostics
 
-            for path in save_diagnostics(result, staging.directory("figures"), image=ccd):
+            for path in save_diagnostics(result, staging.directory("figures"), image=ccd,
+                                         progress=_figure_progress(args)):
                 staging.add(path, args.diagnostics / path.name)
         staging.commit()
     except OSError as exc:
@@ -905,7 +906,8 @@ def _run_demo(args, parser):
             from .diagnostics import save_diagnostics
 
             t0 = time.perf_counter()
-            for path in save_diagnostics(result, staging.directory("figures"), image=demo.ccd):
+            for path in save_diagnostics(result, staging.directory("figures"), image=demo.ccd,
+                                         progress=_figure_progress(args)):
                 staging.add(path, folder / path.name)
             times["figures"] = time.perf_counter() - t0
         staging.commit()
@@ -974,6 +976,40 @@ def _messages(level):
         log.setLevel(previous)
 
 
+def _figure_progress(args):
+    """A line on stderr per figure written (with -v/--debug the INFO log says it)."""
+    if getattr(args, "verbose", False) or getattr(args, "debug", False):
+        return None
+
+    def report(index, total, path, seconds):
+        print(f"{_PROG}: figure {index}/{total}: {path.name} ({seconds:.1f} s)",
+              file=sys.stderr, flush=True)
+
+    return report
+
+
+@contextlib.contextmanager
+def _compilation_notice(*, quiet):
+    """One line on stderr when the first run compiles the numba kernels.
+
+    With -v/--debug the package's own INFO message says it already.
+    """
+    if quiet:
+        yield
+        return
+    import numba  # noqa: PLC0415 - the CLI imports lazily
+
+    from ._engine._numba.notice import on_first_compilation  # noqa: PLC0415
+
+    listener = on_first_compilation(lambda: print(
+        f"{_PROG}: compiling the numerical kernels (first run after installation only, "
+        "a few seconds)", file=sys.stderr, flush=True))
+    try:
+        yield
+    finally:
+        numba.core.event.unregister("numba:compile", listener)
+
+
 def main(argv=None):
     """Run the ``astropsfmatch`` command.
 
@@ -998,7 +1034,7 @@ def main(argv=None):
         if args.command is None:
             parser.error("choose a command: match or demo")
         level = "DEBUG" if args.debug else "INFO" if args.verbose else "WARNING"
-        with _messages(level):
+        with _messages(level), _compilation_notice(quiet=level != "WARNING"):
             return args.handler(args, args.subparser)
     except CommandError as exc:
         if getattr(args, "debug", False):

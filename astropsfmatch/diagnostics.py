@@ -26,6 +26,7 @@ reference debug display       here
 
 import math
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import numpy as np
 from ._engine.grid import NodeGrid
 from ._engine.kernel import SpatialKernel
 from ._engine.moments import kernel_moments
+from ._logging import log
 from ._optional import require
 from ._validate import integer, real
 
@@ -934,7 +936,8 @@ def plot_cells(result, image=None, *, show_mask=True, figure=None):
     return fig
 
 
-def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100):
+def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100,
+                     progress=None):
     """Write every diagnostic figure of a match as a PNG file.
 
     The files are those of `DIAGNOSTIC_FILES`: ``heldout.png``
@@ -956,6 +959,10 @@ def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100)
         Replace existing files.
     dpi : int, optional
         Resolution of the PNG files.
+    progress : callable, optional
+        Called after each figure as ``progress(index, total, path, seconds)``
+        (the command line prints a line per figure with it). Each figure is
+        also logged at INFO level.
 
     Returns
     -------
@@ -989,6 +996,14 @@ def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100)
         "spatial_coefficients": lambda: plot_spatial_coefficients(result),
     }
     directory.mkdir(parents=True, exist_ok=True)
-    for name, path in zip(DIAGNOSTIC_FILES, paths, strict=True):
+    if progress is not None and not callable(progress):
+        msg = f"progress must be None or callable, got {type(progress).__name__}"
+        raise TypeError(msg)
+    for index, (name, path) in enumerate(zip(DIAGNOSTIC_FILES, paths, strict=True), start=1):
+        start = time.perf_counter()
         makers[name]().savefig(path, dpi=dpi)
+        seconds = time.perf_counter() - start
+        log.info(f"figure {index}/{len(paths)}: {path.name} ({seconds:.1f} s)")
+        if progress is not None:
+            progress(index, len(paths), path, seconds)
     return paths

@@ -235,6 +235,10 @@ class TestMatch:
         assert out.splitlines()[-1].startswith(f"  figures: 8 PNG files in {folder}/")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["figs", "out.fits",
                                                               "science.fits"]
+        progress = [line for line in err.splitlines() if " figure " in line]
+        assert [line.split(":")[1].split()[1] for line in progress] == \
+            [f"{k}/8" for k in range(1, 9)]
+        assert progress[0].startswith("astropsfmatch: figure 1/8: heldout.png (")
 
     def test_overwrite(self, science, tmp_path, capsys):
         output = tmp_path / "out.fits"
@@ -524,3 +528,18 @@ def test_module_entry_point(tmp_path):
     assert again.returncode == 1
     assert again.stderr == ("astropsfmatch: error: --output: "
                             f"{output} already exists (use --overwrite to replace it)\n")
+
+
+def test_first_run_says_it_compiles(tmp_path):
+    # a fresh numba cache: the command says once, on stderr, that it compiles the kernels
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "astropsfmatch", "demo", "--size", "128",
+                           "--no-figures", "--output", str(tmp_path / "demo")], env=env,
+                          capture_output=True, text=True, timeout=900, check=True)
+    assert done.stderr.count("compiling the numerical kernels (first run after") == 1, \
+        done.stderr
+    assert "compiling" not in done.stdout

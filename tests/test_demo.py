@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -135,7 +137,11 @@ class TestDemoCommand:
         folder = tmp_path / "demo"
         assert main(["demo", "--output", str(folder), "--size", "128", "--seed", "1"]) == 0
         out, err = capsys.readouterr()
-        assert err == ""
+        # stderr: only one progress line per figure
+        assert err.splitlines() == [
+            line for line in err.splitlines()
+            if re.fullmatch(r"astropsfmatch: figure [1-8]/8: \w+\.png \(\d+\.\d s\)", line)]
+        assert len(err.splitlines()) == 8
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             FITS_FILES + list(DIAGNOSTIC_FILES.values()))
         assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no stray temporary files

@@ -354,9 +354,17 @@ class TestSaveDiagnostics:
         for name in [n for n in diagnostics.__all__ if n.startswith("plot_")]:
             monkeypatch.setattr(diagnostics, name, tiny)
         (tmp_path / "basis.png").write_text("replace me")
-        paths = diagnostics.save_diagnostics(result, tmp_path, overwrite=True, dpi=10)
+        calls = []
+        paths = diagnostics.save_diagnostics(
+            result, tmp_path, overwrite=True, dpi=10,
+            progress=lambda *report: calls.append(report))
         assert len(paths) == len(diagnostics.DIAGNOSTIC_FILES) == 8
         assert (tmp_path / "basis.png").read_bytes()[:8] == PNG_SIGNATURE
+        assert [(k, n, p) for k, n, p, _ in calls] == [(k + 1, 8, p)
+                                                       for k, p in enumerate(paths)]
+        assert all(seconds >= 0 for *_, seconds in calls)
+        with pytest.raises(TypeError, match="progress must be None or callable, got str"):
+            diagnostics.save_diagnostics(result, tmp_path, overwrite=True, progress="yes")
 
 
 class TestMatchResultMethods:

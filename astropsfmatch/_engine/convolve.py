@@ -7,6 +7,7 @@ The spatially varying convolution is therefore a weighted sum of ordinary
 convolutions, which FFTs compute exactly — no kernel interpolation.
 """
 
+import abc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -134,7 +135,7 @@ def _group_by_power(exponents, x_weights, y_weights):
     return row_weights, group.ravel(), column_weights
 
 
-class _Convolver:
+class _Convolver(abc.ABC):
     """Tiled overlap-save FFT convolution of one or two images with a spatially varying kernel.
 
     The output is cut into regions where the kernel is one polynomial (the
@@ -204,13 +205,13 @@ class _Convolver:
             weighted_sum_columns(columns, 2 * half, plane.column_weights, x0 - region.x0,
                                  output, y0, x0, cols)
 
+    @abc.abstractmethod
     def units(self, workers):
         """Units of work of ``workers`` threads (see `run_unit`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def run_unit(self, unit, work):
         """Convolve one unit of work."""
-        raise NotImplementedError
 
     def run(self, workers, extra=None):
         """Convolve every tile with ``workers`` threads; ``extra()`` runs alongside."""
