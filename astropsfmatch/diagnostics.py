@@ -962,7 +962,7 @@ def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100,
     progress : callable, optional
         Called after each figure as ``progress(index, total, path, seconds)``
         (the command line prints a line per figure with it). Each figure is
-        also logged at INFO level.
+        also logged at DEBUG level.
 
     Returns
     -------
@@ -1003,7 +1003,7 @@ def save_diagnostics(result, directory, image=None, *, overwrite=False, dpi=100,
         start = time.perf_counter()
         makers[name]().savefig(path, dpi=dpi)
         seconds = time.perf_counter() - start
-        log.info(f"figure {index}/{len(paths)}: {path.name} ({seconds:.1f} s)")
+        log.debug(f"figure {index}/{len(paths)}: {path.name} ({seconds:.1f} s)")
         if progress is not None:
             progress(index, len(paths), path, seconds)
     return paths

@@ -211,9 +211,19 @@ def residual_stats(source, target, kernel):
     return float(np.abs(residual).max()), float(np.sqrt(np.mean(residual**2)))
 
 
+def photutils_matching():
+    """photutils' PSF-matching module: ``photutils.psf_matching`` (3.0 and later) or
+    ``photutils.psf.matching`` (2.x)."""
+    try:
+        from photutils import psf_matching
+    except ImportError:
+        from photutils.psf import matching as psf_matching
+    return psf_matching
+
+
 def _photutils_methods(quick=False):
     """(family, parameters, function(source, target) -> kernel) for every photutils variant."""
-    from photutils import psf_matching
+    psf_matching = photutils_matching()
 
     make = getattr(psf_matching, "make_kernel", None)
     new_api = make is not None

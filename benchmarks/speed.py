@@ -128,9 +128,8 @@ def input_bytes(ccd):
 
 def constant_kernels(psf, target, size):
     """(photutils kernel, its square) from the field-centre stamps, and a Gaussian kernel."""
-    from photutils import psf_matching
-
     accuracy = _accuracy()
+    psf_matching = accuracy.photutils_matching()
     centre = (size - 1) / 2.0
     source_stamp = realize_psf(psf, centre, centre, 31)
     target_stamp = realize_psf(target, centre, centre, 31)

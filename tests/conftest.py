@@ -27,7 +27,18 @@ except ImportError:  # pragma: no cover - the header plugin is optional
 
 
 def pytest_configure(config):
-    """Show the versions of the packages that matter in the pytest header."""
+    """Show the versions of the packages that matter in the pytest header; start the
+    package logger at WARNING.
+
+    The package says once, at INFO level, when a first run compiles its numba
+    kernels; with a fresh numba cache (a new CI environment) that line would land
+    in whichever doctest or test that compares printed output runs first. This
+    hook runs once per process for the whole run (the package's and the docs'
+    doctests included); tests that check messages set their own level.
+    """
+    from astropsfmatch import log
+
+    log.setLevel("WARNING")
     if PYTEST_HEADER_MODULES is None:
         return
     config.option.astropy_header = True
@@ -62,3 +73,14 @@ def quick_figures(monkeypatch):
 
     for name in [n for n in diagnostics.__all__ if n.startswith("plot_")]:
         monkeypatch.setattr(diagnostics, name, lambda *a, **k: figure.Figure(figsize=(1, 1)))
+
+
+@pytest.fixture(autouse=True)
+def _no_compilation_notice(monkeypatch):
+    """No "compiling" line from the command line in-process (tests/test_cli.py checks it
+    in a subprocess with a fresh numba cache)."""
+    import contextlib
+
+    from astropsfmatch import cli
+
+    monkeypatch.setattr(cli, "_compilation_notice", lambda **kwargs: contextlib.nullcontext())

@@ -25,7 +25,6 @@ pytestmark = pytest.mark.skipif(not (BENCHMARKS / "run.py").exists(),
 @pytest.fixture(scope="module")
 def bench():
     """The harness modules (accuracy, speed, run), imported from benchmarks/."""
-    pytest.importorskip("photutils.psf_matching")
     pytest.importorskip("matplotlib")
     if str(BENCHMARKS) not in sys.path:
         sys.path.insert(0, str(BENCHMARKS))

@@ -104,7 +104,10 @@ def cut(kernel, size=KERNEL_SIZE):
 
 def peer_kernels():
     """Every variant of the peers: (name, function(source, target) -> kernel)."""
-    from photutils import psf_matching
+    try:
+        from photutils import psf_matching
+    except ImportError:  # photutils 2.x
+        from photutils.psf import matching as psf_matching
 
     windows = [None, psf_matching.HanningWindow()]
     for alpha in (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0):
