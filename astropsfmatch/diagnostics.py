@@ -540,8 +540,6 @@ def plot_spatial_coefficients(result, *, shape=None, functions=None, max_functio
     figure : `~matplotlib.figure.Figure`
         With one map axes and one colour bar axes per shown basis image.
     """
-    from matplotlib.patches import Rectangle
-
     kernel = _kernel_of(result)
     shape = _image_shape(result, shape)
     max_functions = _check_count("max_functions", max_functions)
@@ -590,23 +588,35 @@ def plot_spatial_coefficients(result, *, shape=None, functions=None, max_functio
         points = np.array([c.fit.coefficients[i] for c in candidates], dtype=float)
         everything = np.concatenate([values.ravel(), points])
         lo, hi = _span(float(everything.min()), float(everything.max()), floor)
-        im = ax.imshow(values, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis",
-                       vmin=lo, vmax=hi, aspect="equal")
-        ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.0))
-        if candidates:
-            rejected = np.array([c.rejected for c in candidates])
-            cx = np.array([c.x for c in candidates])
-            cy = np.array([c.y for c in candidates])
-            ax.scatter(cx[~rejected], cy[~rejected], c=points[~rejected], cmap="viridis",
-                       vmin=lo, vmax=hi, **_dot_style(len(candidates)))
-            if rejected.any():
-                ax.scatter(cx[rejected], cy[rejected], c=_BAD_COLOUR, marker="x", s=18,
-                           linewidths=1.0)
+        im = _field_map(ax, values, (x0, x1, y0, y1), (nx, ny), candidates, points, lo, hi)
         _field_axes(ax, x0, x1, y0, y1)
         ax.set_title(f"coefficient of B{i}", fontsize=8, pad=2)
         cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         cbar.ax.tick_params(labelsize=6)
     return fig
+
+
+def _field_map(ax, values, extent, shape, candidates, points, lo, hi, **imshow):
+    """A map over the field (``shape`` = image ``(nx, ny)``, outlined) with the
+    candidates' own values as dots on the same colour scale (rejected ones as crosses).
+    Returns the image, for its colour bar.
+    """
+    from matplotlib.patches import Rectangle
+
+    im = ax.imshow(values, origin="lower", extent=extent, cmap="viridis", vmin=lo, vmax=hi,
+                   aspect="equal", **imshow)
+    ax.add_patch(Rectangle((-0.5, -0.5), shape[0], shape[1], fill=False, ec="black",
+                           lw=1.0))
+    if candidates:
+        rejected = np.array([c.rejected for c in candidates])
+        cx = np.array([c.x for c in candidates])
+        cy = np.array([c.y for c in candidates])
+        ax.scatter(cx[~rejected], cy[~rejected], c=points[~rejected], cmap="viridis",
+                   vmin=lo, vmax=hi, **_dot_style(len(candidates)))
+        if rejected.any():
+            ax.scatter(cx[rejected], cy[rejected], c=_BAD_COLOUR, marker="x", s=18,
+                       linewidths=1.0)
+    return im
 
 
 def _dot_style(n):
@@ -681,8 +691,6 @@ def plot_kernel_moments(result, *, shape=None, resolution=24, figure=None):
     figure : `~matplotlib.figure.Figure`
         With six map axes and their colour bars.
     """
-    from matplotlib.patches import Rectangle
-
     kernel = _kernel_of(result)
     shape = _image_shape(result, shape)
     resolution = _check_count("resolution", resolution, 2)
@@ -713,18 +721,8 @@ def plot_kernel_moments(result, *, shape=None, resolution=24, figure=None):
         everything = np.concatenate([values.ravel(), points])
         low, high = float(everything.min()), float(everything.max())
         lo, hi = _span(low, high, floor)
-        im = ax.imshow(values, origin="lower", extent=extent, cmap="viridis", vmin=lo,
-                       vmax=hi, aspect="equal", interpolation="bilinear")
-        ax.add_patch(Rectangle((-0.5, -0.5), nx, ny, fill=False, ec="black", lw=1.0))
-        if candidates:
-            rejected = np.array([c.rejected for c in candidates])
-            cx = np.array([c.x for c in candidates])
-            cy = np.array([c.y for c in candidates])
-            ax.scatter(cx[~rejected], cy[~rejected], c=points[~rejected], cmap="viridis",
-                       vmin=lo, vmax=hi, **_dot_style(len(candidates)))
-            if rejected.any():
-                ax.scatter(cx[rejected], cy[rejected], c=_BAD_COLOUR, marker="x", s=18,
-                           linewidths=1.0)
+        im = _field_map(ax, values, extent, (nx, ny), candidates, points, lo, hi,
+                        interpolation="bilinear")
         _field_axes(ax, -0.5 - 0.02 * nx, nx - 0.5 + 0.02 * nx, -0.5 - 0.02 * ny,
                     ny - 0.5 + 0.02 * ny)
         suffix = f" {unit}" if unit else ""

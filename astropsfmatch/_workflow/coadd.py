@@ -727,17 +727,26 @@ def _unit_factor_of(own, unit, index):
         raise u.UnitsError(msg) from exc
 
 
+def _arrays_in_unit(image, factor, name):
+    """Data, invalid pixels (non-finite or masked) and variance (or None) of an image,
+    float64 copies in the common unit (``factor`` takes the image's unit to it).
+    """
+    data = np.array(image.data, dtype=np.float64) * factor
+    invalid = ~np.isfinite(data)
+    if image.mask is not None:
+        invalid |= np.asarray(image.mask, dtype=bool)
+    variance = None
+    if image.uncertainty is not None:
+        variance, _ = variance_of(image.uncertainty, data.shape, unit=image.unit,
+                                  name=f"{name}.uncertainty")
+        variance = np.asarray(variance, dtype=np.float64) * factor**2
+    return data, invalid, variance
+
+
 def _matched_arrays(matched, factor, index):
     """Data (0 where invalid), variance and invalid pixels of a matched image, in the unit."""
-    data = np.array(matched.data, dtype=np.float64) * factor
-    invalid = ~np.isfinite(data)
-    if matched.mask is not None:
-        invalid |= np.asarray(matched.mask, dtype=bool)
-    variance = None
-    if matched.uncertainty is not None:
-        variance, _ = variance_of(matched.uncertainty, data.shape, unit=matched.unit,
-                                  name=f"images[{index}].uncertainty")
-        variance = np.asarray(variance, dtype=np.float64) * factor**2
+    data, invalid, variance = _arrays_in_unit(matched, factor, f"images[{index}]")
+    if variance is not None:
         invalid |= ~(np.isfinite(variance) & (variance > 0))
         variance = np.where(invalid, 0.0, variance)
     data[invalid] = 0.0
@@ -1000,15 +1009,7 @@ class _Inputs:
         self._cached = (None, None)  # release the previous input first
         image, weights = self._open(index)
         factor = self.factors[index]
-        data = np.array(image.data, dtype=np.float64) * factor
-        invalid = ~np.isfinite(data)
-        if image.mask is not None:
-            invalid |= np.asarray(image.mask, dtype=bool)
-        variance = None
-        if image.uncertainty is not None:
-            variance, _ = variance_of(image.uncertainty, data.shape, unit=image.unit,
-                                      name=f"matched[{index}].uncertainty")
-            variance = np.asarray(variance, dtype=np.float64) * factor**2
+        data, invalid, variance = _arrays_in_unit(image, factor, f"matched[{index}]")
         if self.mode == "inverse-variance":
             if weights is not None:  # stored with the match (MatchResult, WEIGHTS extension)
                 weights = np.asarray(weights, dtype=np.float64) / factor**2
