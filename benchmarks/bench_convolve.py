@@ -32,21 +32,10 @@ from astropsfmatch._engine import convolve as convolve_module
 from astropsfmatch._engine.basis import make_alard_lupton_basis
 from astropsfmatch._engine.convolve import convolve_spatially_varying
 from astropsfmatch._engine.kernel import SpatialKernel
-from astropsfmatch._engine.spatial import n_spatial_terms, spatial_exponents
+from astropsfmatch._engine.spatial import n_spatial_terms
 
-
-def squared_monomials(exponents, images):
-    """Monomial form of the squared kernel (as the package computes it)."""
-    order = int(exponents.sum(axis=1).max())
-    exponents2 = spatial_exponents(2 * order)
-    index = {tuple(e): q for q, e in enumerate(exponents2.tolist())}
-    images2 = np.zeros((len(exponents2), *images.shape[1:]))
-    for n in range(len(exponents)):
-        for m in range(n, len(exponents)):
-            q = index[(int(exponents[n, 0] + exponents[m, 0]),
-                       int(exponents[n, 1] + exponents[m, 1]))]
-            images2[q] += (1.0 if n == m else 2.0) * images[n] * images[m]
-    return exponents2, images2
+#: the monomial form of the squared kernel, as the package computes it
+squared_monomials = convolve_module._squared_monomials
 
 
 def tiling(size, half, fft_length=256):
