@@ -241,6 +241,14 @@ class MatchConfig:
         At most this many (>= 1) held-out positions, where the kernel was not
         fitted, at which the quality is measured (at least 4 per fitted
         position are used up to this cap). Default 1024.
+    variance_tolerance : float, optional
+        Largest relative error (>= 0) of the propagated variance, where the
+        input variance is uniform under the kernel, with the bilinear spatial
+        model: cells of the node grid where the interpolated squared kernel
+        is that accurate use it (as cheap as the data; it over-estimates the
+        variance, never under-), the others the exact square. Default 1e-4;
+        0 propagates the variance exactly everywhere. See
+        `~astropsfmatch.convolve_spatially_varying`.
 
     Raises
     ------
@@ -315,6 +323,7 @@ class MatchConfig:
     constant_variance_weighting: bool = _option(True, check_bool)
     max_residual: float = _option(1e-2, real(gt=0))
     heldout_positions: int = _option(1024, integer(1))
+    variance_tolerance: float = _option(1e-4, real(ge=0))
 
     def __post_init__(self):
         # The one place where options are validated and normalized.

@@ -50,6 +50,7 @@ DEFAULTS = {
     "constant_variance_weighting": True,
     "max_residual": 1e-2,
     "heldout_positions": 1024,
+    "variance_tolerance": 1e-4,
 }
 
 BOOL_FIELDS = [name for name, value in DEFAULTS.items() if isinstance(value, bool)]
@@ -127,6 +128,8 @@ BAD_VALUES = [
     ("max_residual", 0.0, "a finite number > 0"),
     ("max_residual", np.nan, "a finite number > 0"),
     ("heldout_positions", 0, "an integer >= 1"),
+    ("variance_tolerance", -1e-4, "a finite number >= 0"),
+    ("variance_tolerance", np.inf, "a finite number >= 0"),
 ] + [(name, bad, "True or False") for name in BOOL_FIELDS for bad in (1, "yes", None)]
 
 

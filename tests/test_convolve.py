@@ -105,7 +105,9 @@ class TestExact:
         reference, reference_variance = naive_cached(("image", order, model), data, kernel,
                                                      variance)
         result = convolve_spatially_varying(data.astype(dtype), kernel,
-                                            variance=variance.astype(dtype))
+                                            variance=variance.astype(dtype),
+                                            variance_tolerance=0.0)
+        assert result.variance_error == 0.0
         assert result.data.dtype == dtype
         assert result.variance.dtype == dtype
         tolerance = 1e-5 if dtype == np.float32 else 1e-12
@@ -122,7 +124,8 @@ class TestExact:
         reference, reference_variance = naive_cached(("tiles", 7), data, kernel, variance)
         for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
             result = convolve_spatially_varying(data.astype(dtype), kernel,
-                                                variance=variance.astype(dtype))
+                                                variance=variance.astype(dtype),
+                                                variance_tolerance=0.0)
             assert relative_error(result.data, reference) < tolerance
             assert relative_error(result.variance, reference_variance) < tolerance
 
@@ -255,7 +258,9 @@ class TestBilinear:
         reference, reference_variance = naive_cached(("bilinear", nodes), data, kernel,
                                                      variance)
         result = convolve_spatially_varying(data.astype(dtype), kernel,
-                                            variance=variance.astype(dtype))
+                                            variance=variance.astype(dtype),
+                                            variance_tolerance=0.0)
+        assert result.variance_error == 0.0
         assert result.data.dtype == dtype
         assert result.variance.dtype == dtype
         tolerance = 1e-5 if dtype == np.float32 else 1e-12
@@ -275,7 +280,8 @@ class TestBilinear:
                                                      variance)
         for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
             result = convolve_spatially_varying(data.astype(dtype), kernel,
-                                                variance=variance.astype(dtype))
+                                                variance=variance.astype(dtype),
+                                                variance_tolerance=0.0)
             assert relative_error(result.data, reference) < tolerance
             assert relative_error(result.variance, reference_variance) < tolerance
 
@@ -290,7 +296,8 @@ class TestBilinear:
                                                                             variance)
         for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
             result = convolve_spatially_varying(data.astype(dtype), kernel,
-                                                variance=variance.astype(dtype))
+                                                variance=variance.astype(dtype),
+                                                variance_tolerance=0.0)
             assert relative_error(result.data, reference) < tolerance
             assert relative_error(result.variance, reference_variance) < tolerance
 
@@ -331,6 +338,128 @@ class TestBilinear:
         data[37, 61] = 1000.0
         result = convolve_spatially_varying(data, kernel)
         assert np.nansum(result.data) == pytest.approx(1000.0, rel=1e-4)
+
+
+def make_smooth_bilinear_kernel(nodes_x, nodes_y, *, size=11, spread=2e-3, rough_columns=0,
+                                seed=0):
+    """A bilinear node kernel whose node kernels differ by ~``spread`` (the node model of a
+    slowly varying PSF), except the ``rough_columns`` last node columns, which differ
+    strongly.
+    """
+    rng = np.random.default_rng(seed)
+    basis = make_alard_lupton_basis(size, [0.7, 1.5, 2.5], [2, 1, 1])
+    nx, ny = len(nodes_x), len(nodes_y)
+    base = 0.3 * rng.normal(size=len(basis))
+    coefficients = base[:, None] + spread * rng.normal(size=(len(basis), nx * ny))
+    for column in range(nx - rough_columns, nx):
+        coefficients[:, column::nx] += 0.3 * rng.normal(size=(len(basis), ny))
+    coefficients[0] = 1.0
+    return SpatialKernel(basis, coefficients, spatial_model="bilinear",
+                         nodes=(np.asarray(nodes_x, float), np.asarray(nodes_y, float)))
+
+
+class TestInterpolatedVariance:
+    """Cells whose squared kernel is interpolated between the nodes, against brute force."""
+
+    NODES = ([-3.0, 17.5, 40.2, 41.0, 70.0], [8.0, 30.0, 52.7])
+
+    @pytest.fixture
+    def fields(self, rng):
+        """Data, a flat variance and one with a bright star (varies under the kernel)."""
+        data = 10.0 + rng.normal(size=(64, 72))
+        flat = np.full(data.shape, 2.5)
+        star = 1.0 + rng.random(data.shape)
+        star[30:33, 20:23] += 400.0
+        return data, flat, star
+
+    @staticmethod
+    def bound(kernel, variance):
+        """tolerance-free part of the bound: sum K**2 times the largest V under the kernel."""
+        from scipy.ndimage import maximum_filter
+
+        _, squares = naive_spatially_varying_convolution(np.zeros(variance.shape), kernel,
+                                                         np.ones(variance.shape))
+        return squares * maximum_filter(variance, size=kernel.kernel_size, mode="constant")
+
+    @pytest.mark.parametrize(("tolerance", "spread"), [(1e-4, 2e-3), (1e-5, 5e-4)])
+    def test_within_tolerance_and_never_below(self, fields, tolerance, spread):
+        data, flat, star = fields
+        kernel = make_smooth_bilinear_kernel(*self.NODES, spread=spread)
+        for variance in (flat, star):
+            _, exact = naive_spatially_varying_convolution(data, kernel, variance)
+            result = convolve_spatially_varying(data, kernel, variance=variance,
+                                                variance_tolerance=tolerance)
+            assert 0.0 < result.variance_error <= tolerance
+            valid = np.isfinite(exact)
+            excess = result.variance[valid] - exact[valid]
+            assert excess.min() >= -1e-12 * exact[valid].max()   # an over-estimate only
+            assert np.all(excess <= result.variance_error * self.bound(kernel, variance)[valid]
+                          * (1 + 1e-9))
+            if variance is flat:
+                assert np.max(excess / exact[valid]) <= result.variance_error * (1 + 1e-9)
+                assert np.max(excess / exact[valid]) > 0.1 * result.variance_error
+            # the data are exact whatever the variance does
+            reference, _ = naive_spatially_varying_convolution(data, kernel)
+            assert relative_error(result.data, reference) < 1e-12
+
+    def test_float32(self, fields):
+        data, _, star = fields
+        kernel = make_smooth_bilinear_kernel(*self.NODES)
+        _, exact = naive_spatially_varying_convolution(data, kernel, star)
+        result = convolve_spatially_varying(data.astype(np.float32), kernel,
+                                            variance=star.astype(np.float32))
+        assert result.variance.dtype == np.float32
+        assert 0.0 < result.variance_error <= 1e-4
+        assert relative_error(result.variance, exact) < 1e-4 + 1e-5
+
+    def test_rough_cells_stay_exact(self, fields):
+        # strongly varying node kernels in the last node columns: those cells exceed the
+        # tolerance and are propagated exactly, the others are interpolated
+        data, flat, _ = fields
+        kernel = make_smooth_bilinear_kernel(*self.NODES, rough_columns=1)
+        _, exact = naive_spatially_varying_convolution(data, kernel, flat)
+        result = convolve_spatially_varying(data, kernel, variance=flat)
+        assert 0.0 < result.variance_error <= 1e-4
+        half = kernel.kernel_size // 2
+        right = np.s_[half:-half, 42:72 - half]    # cells between x = 41 and the rough column
+        np.testing.assert_allclose(result.variance[right], exact[right], rtol=1e-12)
+        left = np.s_[half:-half, half:17]
+        assert np.max(result.variance[left] / exact[left] - 1) > 1e-7
+
+    def test_zero_tolerance_is_exact(self, fields):
+        data, _, star = fields
+        kernel = make_smooth_bilinear_kernel(*self.NODES)
+        _, exact = naive_spatially_varying_convolution(data, kernel, star)
+        result = convolve_spatially_varying(data, kernel, variance=star, variance_tolerance=0)
+        assert result.variance_error == 0.0
+        assert relative_error(result.variance, exact) < 1e-12
+
+    def test_error_bound_holds_between_grid_points(self, rng):
+        # the per-cell bound is evaluated on a grid; at random points inside the cells the
+        # ratio sum(sum_s w_s K_s**2 - K**2) / sum(K**2) stays below it
+        kernel = make_smooth_bilinear_kernel([0.0, 30.0, 60.0], [0.0, 40.0])
+        images = kernel.term_images / kernel.kernel_sum
+        intervals_x = [(0, 30, 0, 1), (30, 60, 1, 2)]
+        intervals_y = [(0, 40, 0, 1)]
+        errors = convolve_module._interpolation_errors(images, 3, intervals_y, intervals_x)
+        assert errors.shape == (1, 2)
+        for column, (_, _, low, high) in enumerate(intervals_x):
+            corners = [images[0 * 3 + low], images[0 * 3 + high],
+                       images[1 * 3 + low], images[1 * 3 + high]]
+            for u, v in rng.random((200, 2)):
+                w = [(1 - u) * (1 - v), u * (1 - v), (1 - u) * v, u * v]
+                k = sum(a * c for a, c in zip(w, corners, strict=True))
+                excess = sum(a * c**2 for a, c in zip(w, corners, strict=True)) - k**2
+                assert excess.min() >= -1e-15
+                assert excess.sum() / np.sum(k**2) <= errors[0, column] * (1 + 1e-3)
+
+    @pytest.mark.parametrize("bad", [-1e-4, np.nan, np.inf, "1e-4"])
+    def test_bad_tolerance(self, fields, bad):
+        data, flat, _ = fields
+        kernel = make_smooth_bilinear_kernel(*self.NODES)
+        with pytest.raises((ValueError, TypeError),
+                           match=r"variance_tolerance must be a finite number >= 0"):
+            convolve_spatially_varying(data, kernel, variance=flat, variance_tolerance=bad)
 
 
 class TestPhysics:
@@ -547,7 +676,8 @@ class TestResult:
     def test_frozen_dataclass(self, image):
         result = convolve_spatially_varying(image[0], make_kernel(0))
         assert isinstance(result, ConvolvedImage)
-        assert [f.name for f in dataclasses.fields(result)] == ["data", "variance", "mask"]
+        assert [f.name for f in dataclasses.fields(result)] == ["data", "variance", "mask",
+                                                             "variance_error"]
         with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign"):
             result.data = None
 

@@ -89,14 +89,15 @@ def variance_of(uncertainty, shape, *, unit=None, name="image.uncertainty", dtyp
                "uncertainties must be >= 0 (mask the pixels instead)")
         raise ValueError(msg)
     factor = _unit_factor(uncertainty, unit, name)
-    low, high = _variance_range(array, factor, uncertainty)
+    value_range = _variance_range(array, factor, uncertainty)
+    high = 0.0 if value_range is None else value_range[1]
     if not high < _MAX_VARIANCE:
         msg = (f"{name} gives variances up to {high:.3g} in the data unit squared, beyond "
                f"what float64 holds with the margin the convolution needs ({_MAX_VARIANCE:.3g}); "
                "express the data in a larger unit")
         raise ValueError(msg)
     work = np.float64
-    if np.dtype(dtype) == np.float32 and _float32_safe(array, factor, uncertainty):
+    if np.dtype(dtype) == np.float32 and _float32_safe(value_range):
         work = np.float32
     array = np.asarray(array, dtype=work)
     factor = work(factor)
@@ -116,16 +117,20 @@ _MAX_VARIANCE = float(np.finfo(np.float64).max) / 1e6
 
 
 def _variance_range(array, factor, uncertainty):
-    """Smallest and largest variance of the positive finite values of ``array`` (or 0, 0).
+    """Smallest and largest variance of the positive finite values of ``array`` (None: none).
 
-    Computed in float64 without warnings: an overflow gives ``inf``.
+    Computed in float64 without warnings: an overflow gives ``inf``. Two
+    reductions over the positive finite values, no copy of them.
     """
-    finite = array[np.isfinite(array) & (array > 0)]
-    if finite.size == 0:
-        return 0.0, 0.0
+    valid = array > 0
+    np.logical_and(valid, array < np.inf, out=valid)
+    if not valid.any():
+        return None
+    smallest = np.min(array, where=valid, initial=np.inf)
+    largest = np.max(array, where=valid, initial=-np.inf)
     with np.errstate(over="ignore", divide="ignore", under="ignore"):
-        low = np.float64(finite.min()) * np.float64(factor)
-        high = np.float64(finite.max()) * np.float64(factor)
+        low = np.float64(smallest) * np.float64(factor)
+        high = np.float64(largest) * np.float64(factor)
         if isinstance(uncertainty, StdDevUncertainty):
             low, high = low * low, high * high
         elif isinstance(uncertainty, InverseVariance):
@@ -133,11 +138,13 @@ def _variance_range(array, factor, uncertainty):
     return float(low), float(high)
 
 
-def _float32_safe(array, factor, uncertainty):
-    """True when every variance of ``array`` is a normal float32 number (or 0, inf, nan)."""
-    if not np.any(np.isfinite(array) & (array > 0)):
+def _float32_safe(value_range):
+    """True when every variance of ``value_range`` (low, high; None: there are none besides
+    0, inf and nan) is a normal float32 number.
+    """
+    if value_range is None:
         return True
-    low, high = _variance_range(array, factor, uncertainty)
+    low, high = value_range
     info = np.finfo(np.float32)
     # margins: the convolution sums hundreds of products of the kernel squared
     return low > float(info.tiny) * 1e6 and high < float(info.max) / 1e6
@@ -173,12 +180,20 @@ def warn_if_dynamic_range(data, mask, dtype, *, stacklevel=2):
     """
     if np.dtype(dtype) != np.float32:
         return
-    good = np.isfinite(data) if mask is None else np.isfinite(data) & ~mask
-    values = np.abs(data[good])
-    if values.size < 16:
+    good = np.isfinite(data)
+    if mask is not None:
+        np.logical_and(good, ~mask, out=good)
+    n_good = int(np.count_nonzero(good))
+    if n_good < 16:
         return
-    peak = float(values.max())
-    sample = data[good][:: max(values.size // 100_000, 1)].astype(np.float64)
+    # the largest and smallest, not max(abs()): no copy of the image
+    peak = max(abs(float(np.max(data, where=good, initial=-np.inf))),
+               abs(float(np.min(data, where=good, initial=np.inf))))
+    # about 100,000 good values, sampled before selecting (no image-sized copy)
+    step = max(data.size // 100_000, 1)
+    sample = data.ravel()[::step][good.ravel()[::step]].astype(np.float64)
+    if sample.size == 0:
+        sample = data[good].astype(np.float64)
     scatter = float(np.median(np.abs(sample - np.median(sample))))
     if scatter == 0:
         scatter = float(np.median(np.abs(sample))) or 1.0
@@ -309,17 +324,22 @@ def parse_image(image, source_psf=None):
 def uncertainty_of_kind(kind, variance, weights=None):
     """An astropy uncertainty of class ``kind`` holding ``variance`` (None without one).
 
+    ``variance`` becomes the uncertainty's array (no copy): pass an array
+    nothing else holds.
     For `~astropy.nddata.InverseVariance` the inverse-variance ``weights``
     (0 where masked) are used as they are, so they are computed only once.
     """
     if kind is None or variance is None:
         return None
+    # ``variance`` is the caller's new array (a convolution's output): it is not copied;
+    # given weights are (the caller keeps them too)
     if kind is StdDevUncertainty:
-        return StdDevUncertainty(np.sqrt(variance))
+        return StdDevUncertainty(np.sqrt(variance), copy=False)
     if kind is VarianceUncertainty:
-        return VarianceUncertainty(variance)
+        return VarianceUncertainty(variance, copy=False)
     if weights is None:
-        weights = inverse_variance_weights(variance, ~np.isfinite(variance))
+        return InverseVariance(inverse_variance_weights(variance, ~np.isfinite(variance)),
+                               copy=False)
     return InverseVariance(weights)
 
 

@@ -329,7 +329,8 @@ class ModelPsfMatcher:
             inputs = check_convolution_inputs(parsed.data, solved.unit_kernel, variance,
                                               parsed.mask, True)
             warn_if_dynamic_range(inputs[0], inputs[3], inputs[5], stacklevel=3)
-            convolved = convolve_checked(*inputs, n_threads=n_threads)
+            convolved = convolve_checked(*inputs, n_threads=n_threads,
+                                         variance_tolerance=solved.config.variance_tolerance)
             if scale != 1.0:
                 convolved = dataclasses.replace(
                     convolved, variance=unscaled(convolved.variance, scale, dtype))
@@ -342,6 +343,7 @@ class ModelPsfMatcher:
                                   config=solved.config,
                                   requested_order=self.config.spatial_order,
                                   quality=solved.quality)
+        metadata["variance_error"] = float(convolved.variance_error)
         matched = build_matched_ccd(parsed, convolved, weights,
                                     target_stamp=solved.target_stamp,
                                     record=match_record(metadata, target_psf),

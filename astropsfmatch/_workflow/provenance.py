@@ -121,6 +121,8 @@ def match_record(metadata, target_psf):
         "PSFMQELL": (metadata["quality"]["ellipticity_max"], "max ellipticity of matched PSF"),
         "PSFMQNG": (metadata["quality"]["noise_gain"], "noise gain sqrt(sum K^2), max"),
         "PSFMQOK": (metadata["quality"]["passed"], "held-out residual <= max_residual"),
+        "PSFMVERR": (metadata.get("variance_error", 0.0),
+                     "variance over-estimate bound (0: exact)"),
     }
 
 
