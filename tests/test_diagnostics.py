@@ -65,14 +65,15 @@ class TestCandidates:
         fig = diagnostics.plot_candidates(result)
         assert isinstance(fig, Figure)
         assert result.grid.n_cells == (4, 4)
-        assert len(fig.axes) == 6 * 16  # S, T, M, K, R, Rs per cell
+        assert len(fig.axes) == 16  # one per cell
+        assert all(len(ax.get_images()) == 6 for ax in fig.axes)  # S, T, M, K, R, Rs
 
     def test_subset_spread_over_the_grid(self, result):
         rows, cols, chosen = diagnostics.select_candidates(result, max_per_side=2)
         assert list(rows) == [0, 3] and list(cols) == [0, 3]  # the corners
         assert sorted(chosen) == [(0, 0), (0, 3), (3, 0), (3, 3)]
         fig = diagnostics.plot_candidates(result, max_per_side=2)
-        assert len(fig.axes) == 6 * 4
+        assert len(fig.axes) == 4
 
     def test_spread_includes_ends(self):
         picked = diagnostics._spread(34, 5)
@@ -87,7 +88,7 @@ class TestCandidates:
         assert len(frames) == 2  # green and red
         hidden = diagnostics.plot_candidates(result_with_rejected, max_per_side=2,
                                              show_rejected=False)
-        assert len(hidden.axes) == 6 * 2
+        assert len(hidden.axes) == 2
 
     def test_bad_max_per_side(self, result):
         with pytest.raises(ValueError, match="max_per_side must be an integer >= 1"):
@@ -96,7 +97,7 @@ class TestCandidates:
     def test_into_given_figure(self, result):
         fig = Figure()
         assert diagnostics.plot_candidates(result, max_per_side=1, figure=fig) is fig
-        assert len(fig.axes) == 6
+        assert len(fig.axes) == 1
 
     def test_spatial_residual(self, result):
         for cand in result.candidates[::5]:
@@ -107,7 +108,8 @@ class TestCandidates:
     def test_panels_show_the_stamps_and_kernel(self, result):
         fig = diagnostics.plot_candidates(result, max_per_side=1)
         cand = next(c for c in result.candidates if c.index == (0, 0))
-        s, t, m, k, r, rs = (ax.get_images()[0].get_array() for ax in fig.axes)
+        (ax,) = fig.axes
+        s, t, m, k, r, rs = (image.get_array() for image in ax.get_images())
         np.testing.assert_allclose(s, cand.source)
         np.testing.assert_allclose(t, cand.target)
         np.testing.assert_allclose(m, cand.fit.model)
@@ -266,16 +268,16 @@ class TestKernelMoments:
 class TestResidualScale:
     def test_round_off_is_not_drawn_at_full_contrast(self, exact_result):
         fig = exact_result.plot_candidates()
-        residual_panels = [ax for ax in fig.axes
-                           if any(t.get_text().endswith("%") for t in ax.texts)]
-        assert residual_panels
-        lo, hi = residual_panels[0].get_images()[0].get_clim()
+        residual_texts = [t for ax in fig.axes for t in ax.texts if t.get_text().endswith("%")]
+        assert len(residual_texts) == 2 * len(fig.axes)  # R and Rs of each block
+        lo, hi = fig.axes[0].get_images()[4].get_clim()  # R
+        assert fig.axes[0].get_images()[5].get_clim() == (lo, hi)  # Rs
         assert hi == -lo == pytest.approx(0.1 * exact_result.config.max_residual)
         assert "residual scale ±0.1% of the target peak" in fig._suptitle.get_text()
 
     def test_chosen_scale(self, exact_result):
         fig = exact_result.plot_candidates(residual_scale=1e-9)
-        lo, hi = fig.axes[4].get_images()[0].get_clim()
+        lo, hi = fig.axes[0].get_images()[4].get_clim()
         assert hi == pytest.approx(1e-9)
         with pytest.raises(ValueError, match="residual_scale must be"):
             exact_result.plot_candidates(residual_scale=-1.0)
@@ -313,6 +315,43 @@ class TestCells:
         assert labels[0].startswith("masked or NaN (")  # every colour has an entry
         assert labels[1:] == ["cell boundaries", "candidates used (14)",
                               "candidates rejected (2)"]
+
+    @pytest.mark.parametrize("with_nan", [True, False])
+    @pytest.mark.parametrize("shape", [(12, 12), (13, 17), (1, 5)])
+    @pytest.mark.parametrize("factor", [1, 2, 5])
+    def test_block_mean_and_any(self, rng, shape, factor, with_nan):
+        data = rng.normal(size=shape).astype(np.float32)
+        if with_nan:
+            data.flat[rng.integers(0, data.size, 3)] = np.nan
+        mask = rng.random(shape) < 0.05
+        means, bad = diagnostics._block_mean(data, factor)
+        blocks = diagnostics._block_any(mask, factor)
+        for by in range(-(-shape[0] // factor)):
+            for bx in range(-(-shape[1] // factor)):
+                block = data[by * factor:(by + 1) * factor, bx * factor:(bx + 1) * factor]
+                finite = block[np.isfinite(block)]
+                expected = finite.mean() if finite.size else np.nan
+                np.testing.assert_allclose(means[by, bx], expected, rtol=1e-5, equal_nan=True)
+                assert bad[by, bx] == (finite.size < block.size)
+                assert blocks[by, bx] == mask[by * factor:(by + 1) * factor,
+                                              bx * factor:(bx + 1) * factor].any()
+
+    def test_large_image_drawn_as_blocks(self, result, demo, monkeypatch):
+        # an image with more pixels than its axes is shown as block means over the
+        # same extent; the legend still counts the masked pixels themselves
+        block_factor = diagnostics._block_factor
+        assert block_factor((4096, 4096), 967.5) == 5
+        assert block_factor((256, 256), 967.5) == 1
+        monkeypatch.setattr(diagnostics, "_block_factor", lambda shape, pixels: 3)
+        fig = diagnostics.plot_cells(result, demo.ccd)
+        image, overlay = fig.axes[0].get_images()
+        assert image.get_array().shape == (86, 86)  # ceil(256 / 3)
+        assert image.get_extent() == [-0.5, 255.5, -0.5, 255.5]
+        assert overlay.get_array().shape == (86, 86)
+        n_bad = int(np.count_nonzero(np.asarray(demo.ccd.mask)
+                                     | ~np.isfinite(demo.ccd.data)))
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert labels[0] == f"masked or NaN ({n_bad} px)"
 
     def test_node_lines(self, nodes_result):
         fig = diagnostics.plot_cells(nodes_result)
@@ -369,7 +408,7 @@ class TestSaveDiagnostics:
 
 class TestMatchResultMethods:
     @pytest.mark.parametrize(("method", "options", "n_axes"), [
-        ("plot_candidates", {"max_per_side": 1}, 6),
+        ("plot_candidates", {"max_per_side": 1}, 1),
         ("plot_basis", {"max_functions": 2}, 2),
         ("plot_kernel_mosaic", {"n": 1}, 2),
         ("plot_spatial_coefficients", {"functions": [1], "resolution": 4}, 2),
