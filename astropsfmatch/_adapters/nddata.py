@@ -60,6 +60,9 @@ def variance_of(uncertainty, shape, *, unit=None, name="image.uncertainty", dtyp
     Returns
     -------
     variance, kind : ndarray or None, type or None
+        ``variance`` may be the uncertainty's own array (a
+        `~astropy.nddata.VarianceUncertainty` in the data unit and dtype):
+        callers must not write to it.
 
     Raises
     ------
@@ -104,7 +107,8 @@ def variance_of(uncertainty, shape, *, unit=None, name="image.uncertainty", dtyp
     if isinstance(uncertainty, StdDevUncertainty):
         variance = (array * factor) ** 2
     elif isinstance(uncertainty, VarianceUncertainty):
-        variance = array * factor
+        # in the data unit already: the array itself (read, never written: no copy)
+        variance = array if factor == 1 else array * factor
     else:
         with np.errstate(divide="ignore"):
             variance = np.where(array > 0, 1 / np.where(array > 0, array * factor, 1), np.inf)
@@ -219,11 +223,14 @@ def scaled_variance(variance, dtype):
         return None, 1.0
     scale = 1.0
     if np.dtype(dtype) == np.float32 and variance.dtype != np.float32:
-        finite = variance[np.isfinite(variance) & (variance > 0)]
-        if finite.size:
-            scale = float(2.0 ** np.round(np.log2(finite.max())))
+        value_range = _variance_range(variance, 1.0, None)
+        if value_range is not None:
+            scale = float(2.0 ** np.round(np.log2(value_range[1])))
+    if scale == 1.0 and variance.dtype == np.dtype(dtype):
+        return variance, scale  # already what the convolution takes (it never writes to it)
     with np.errstate(over="ignore", under="ignore"):
-        return (variance / scale).astype(dtype), scale
+        # divided in the variance's own precision: a float32 scale of 2**-166 is 0
+        return (variance / scale).astype(dtype, copy=False), scale
 
 
 def unscaled(array, scale, dtype):

@@ -143,14 +143,10 @@ def adaptive_moments(stamps, *, iterations=20):
     core and are insensitive to the wings and to the stamp size.
     """
     stamps = np.asarray(stamps, dtype=np.float64)
-    if len(stamps) > 1:
+    if len(stamps) > 1 and np.array_equal(stamps, np.broadcast_to(stamps[0], stamps.shape)):
         # identical stamps (a constant target PSF) are measured once
-        unique, inverse = np.unique(stamps.reshape(len(stamps), -1), axis=0,
-                                    return_inverse=True)
-        if len(unique) < len(stamps):
-            moments = adaptive_moments(unique.reshape(-1, *stamps.shape[1:]),
-                                       iterations=iterations)
-            return tuple(m[inverse.ravel()] for m in moments)
+        moments = adaptive_moments(stamps[:1], iterations=iterations)
+        return tuple(np.repeat(m, len(stamps)) for m in moments)
     size = stamps.shape[-1]
     offsets = np.arange(size, dtype=np.float64) - size // 2
     dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
