@@ -208,7 +208,7 @@ def plot_candidates(result, *, max_per_side=5, show_rejected=True, residual_scal
     """The kernel candidates (cells or nodes): stamps, kernel, models and residuals.
 
     Each shown candidate gets one axes with a 2 x 3 block of panels (six
-images):
+    images):
 
     * top: the source PSF stamp ``S``, the target stamp ``T`` and the model
       ``M`` of the target made with the candidate's own kernel (``S`` ⊛ own
