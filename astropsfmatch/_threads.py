@@ -9,7 +9,8 @@ Every public function that computes (`match_psf`, `ModelPsfMatcher.match`,
 
 The operation enters `thread_scope` once, around all of its stages: inside,
 numba's parallel loops run on at most that many threads, scipy's FFTs use
-that many workers, and the tiled convolution runs that many tiles at once.
+that many workers, and the tiled convolution runs that many tiles at once
+(serial numba kernels run on that many parts of their work: `run_in_parts`).
 numba's thread count and scipy's FFT workers are both local to the calling
 thread, so concurrent operations in different threads (a dask worker, a
 thread pool) each keep their own limit.
@@ -17,6 +18,7 @@ thread pool) each keep their own limit.
 
 import numbers
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
@@ -77,3 +79,23 @@ def thread_scope(workers):
             yield n_threads
     finally:
         numba.set_num_threads(previous)
+
+
+def run_in_parts(function, total, *args):
+    """Call ``function(*args, start, stop)`` on ``range(total)`` cut in contiguous parts.
+
+    One part per numba thread of the calling thread's scope (`thread_scope`),
+    each in its own thread: for serial numba kernels that release the GIL and
+    write disjoint parts of their outputs, so that the result is the same for
+    any number of threads.
+    """
+    n_parts = max(1, min(numba.get_num_threads(), total))
+    if n_parts == 1:
+        function(*args, 0, total)
+        return
+    bounds = [round(k * total / n_parts) for k in range(n_parts + 1)]
+    with ThreadPoolExecutor(max_workers=n_parts) as executor:
+        futures = [executor.submit(function, *args, start, stop)
+                   for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+        for future in futures:
+            future.result()

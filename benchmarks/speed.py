@@ -378,15 +378,40 @@ def _close(a, b):
 # The fitting kernels take the candidate axis last; the twins take it first.
 
 
-def _make_separable(rng, n):
-    from naive import naive_separable_convolve_valid
+def _make_separable_rows(rng, n):
+    from naive import naive_separable_rows
+
+    from astropsfmatch._engine._numba import fitting
+
+    stamps, distinct, _, _, _ = _fitting_inputs(rng, n)
+    size = stamps.shape[1]
+    valid = size - distinct.shape[1] + 1
+
+    def run(stamps_last):
+        rows = np.zeros((distinct.shape[0], size, valid, n))
+        fitting.separable_rows(stamps_last, distinct, rows, 0, distinct.shape[0] * size)
+        return rows
+
+    return _pair(run, naive_separable_rows, (_last(stamps),), (stamps, distinct),
+                 lambda a, b: _close(a, np.moveaxis(b, 0, -1)))
+
+
+def _make_separable_columns(rng, n):
+    from naive import naive_separable_columns, naive_separable_rows
 
     from astropsfmatch._engine._numba import fitting
 
     stamps, distinct, y_factors, x_index, _ = _fitting_inputs(rng, n)
-    return _pair(fitting.separable_convolve_valid, naive_separable_convolve_valid,
-                 (_last(stamps), distinct, y_factors, x_index),
-                 (stamps, distinct, y_factors, x_index),
+    rows = naive_separable_rows(stamps, distinct)
+    valid = rows.shape[-1]
+
+    def run(rows_last):
+        out = np.zeros((y_factors.shape[0], valid, valid, n))
+        fitting.separable_columns(rows_last, y_factors, x_index, out, 0,
+                                  y_factors.shape[0] * valid)
+        return out
+
+    return _pair(run, naive_separable_columns, (_last(rows),), (rows, y_factors, x_index),
                  lambda a, b: _close(a, np.moveaxis(b, 0, -1)))
 
 
@@ -529,8 +554,10 @@ def _make_inverse_variance(rng, n_images):
 
 
 KERNEL_CASES = [
-    KernelCase("separable_convolve_valid", "fitting", _make_separable, 2,
-               "31x31 stamps x 27 AL functions", workload=1156),
+    KernelCase("separable_rows", "fitting", _make_separable_rows, 2,
+               "31x31 stamps x 9 AL x profiles (x pass)", workload=1156),
+    KernelCase("separable_columns", "fitting", _make_separable_columns, 2,
+               "31x31 stamps x 27 AL functions (y pass)", workload=1156),
     KernelCase("convolve_valid", "fitting", _make_convolve_valid, 2,
                "31x31 stamps x 27 dense 21x21 images", workload=1156),
     KernelCase("normal_equations", "fitting", _make_normal_equations, 64,

@@ -29,6 +29,34 @@ def naive_separable_convolve_valid(stamps, x_factors, y_factors, x_index):
     return naive_convolve_valid(stamps, basis)
 
 
+def naive_separable_rows(stamps, x_factors):
+    """The x pass: ``rows[c, f, r, x] = sum_i x_factors[f, i] * stamps[c, r, x + K - 1 - i]``."""
+    n, size = stamps.shape[0], stamps.shape[1]
+    n_x, ksize = x_factors.shape
+    valid = size - ksize + 1
+    rows = np.zeros((n, n_x, size, valid))
+    for c in range(n):
+        for f in range(n_x):
+            for r in range(size):
+                rows[c, f, r] = np.convolve(stamps[c, r], x_factors[f], mode="valid")
+    return rows
+
+
+def naive_separable_columns(rows, y_factors, x_index):
+    """The y pass:
+    ``out[c, b, y, x] = sum_j y_factors[b, j] * rows[c, x_index[b], y + K - 1 - j, x]``.
+    """
+    n, _, size, valid = rows.shape
+    n_basis = y_factors.shape[0]
+    out = np.zeros((n, n_basis, valid, valid))
+    for c in range(n):
+        for b in range(n_basis):
+            for x in range(valid):
+                out[c, b, :, x] = np.convolve(rows[c, x_index[b], :, x], y_factors[b],
+                                              mode="valid")
+    return out
+
+
 def naive_normal_equations(convolved, target, weight):
     """M = C^T W C and b = C^T W t for each candidate, with NumPy."""
     n, n_basis = convolved.shape[:2]

@@ -6,12 +6,19 @@ from naive import (
     naive_accumulate_spatial,
     naive_convolve_valid,
     naive_normal_equations,
+    naive_separable_columns,
     naive_separable_convolve_valid,
+    naive_separable_rows,
 )
 
 from astropsfmatch._engine._numba import fitting
-from astropsfmatch._engine.basis import KernelBasis, _alard_lupton_parts
+from astropsfmatch._engine.basis import (
+    KernelBasis,
+    _alard_lupton_parts,
+    separable_convolve_valid,
+)
 from astropsfmatch._engine.solve import _spatial_unknowns
+from astropsfmatch._threads import thread_scope
 
 
 def last(array):
@@ -36,9 +43,44 @@ class TestBasisConvolution:
         distinct, x_index = np.unique(x_factors, axis=0, return_inverse=True)
         x_index = x_index.ravel().astype(np.int64)
         data = np.ascontiguousarray(stamps, dtype=np.float64)
-        got = fitting.separable_convolve_valid(last(data), distinct, y_factors, x_index)
         expected = first(naive_separable_convolve_valid(data, distinct, y_factors, x_index))
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        results = []
+        for workers in (1, 2, 3):
+            with thread_scope(workers):
+                results.append(separable_convolve_valid(last(data), distinct, y_factors,
+                                                        x_index))
+        np.testing.assert_allclose(results[0], expected, rtol=1e-12, atol=1e-12)
+        for other in results[1:]:  # one part per thread: the same sums in the same order
+            np.testing.assert_array_equal(other, results[0])
+
+    @pytest.mark.parametrize(("start", "stop"), [(0, None), (3, 11), (5, 5)])
+    def test_passes_match_naive_on_their_ranges(self, stamps, start, stop):
+        _, _, x_factors, y_factors = _alard_lupton_parts(7, (0.8, 1.6), (2, 1))
+        distinct, x_index = np.unique(x_factors, axis=0, return_inverse=True)
+        x_index = x_index.ravel().astype(np.int64)
+        data = np.ascontiguousarray(stamps, dtype=np.float64)
+        size, valid = data.shape[1], data.shape[1] - 7 + 1
+        rows = np.zeros((len(distinct), size, valid, len(data)))
+        stop_rows = len(distinct) * size if stop is None else stop
+        fitting.separable_rows(last(data), distinct, rows, start, stop_rows)
+        expected_rows = first(naive_separable_rows(data, distinct))
+        done = np.zeros(len(distinct) * size, dtype=bool)
+        done[start:stop_rows] = True
+        done = done.reshape(len(distinct), size)
+        np.testing.assert_allclose(rows[done], expected_rows[done], rtol=1e-12, atol=1e-12)
+        assert not rows[~done].any()  # nothing outside the range is written
+        # the y pass on the complete x pass
+        full_rows = np.ascontiguousarray(expected_rows)
+        out = np.zeros((len(y_factors), valid, valid, len(data)))
+        stop_out = len(y_factors) * valid if stop is None else stop
+        fitting.separable_columns(full_rows, y_factors, x_index, out, start, stop_out)
+        expected = first(naive_separable_columns(np.moveaxis(full_rows, -1, 0), y_factors,
+                                                 x_index))
+        done = np.zeros(len(y_factors) * valid, dtype=bool)
+        done[start:stop_out] = True
+        done = done.reshape(len(y_factors), valid)
+        np.testing.assert_allclose(out[done], expected[done], rtol=1e-12, atol=1e-12)
+        assert not out[~done].any()
 
     def test_dense_matches_naive(self, stamps):
         rng = np.random.default_rng(4)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .._threads import run_in_parts
 from .._validate import fail, integer
 from ..config import MatchConfig
 from ._numba import fitting
@@ -212,6 +213,31 @@ def make_delta_function_basis(kernel_size):
     kernel_size = _check_kernel_size(kernel_size)
     n_pixels = kernel_size * kernel_size
     return np.eye(n_pixels).reshape(n_pixels, kernel_size, kernel_size)
+
+
+def separable_convolve_valid(stamps, x_factors, y_factors, x_index):
+    """Convolve stamps with separable functions ``outer(y_factors[b], x_factors[x_index[b]])``.
+
+    stamps (S, S, n) candidate-last; x_factors (nx, K) distinct x profiles;
+    y_factors (nb, K); x_index (nb,) the x profile of each function. Returns
+    (nb, V, V, n) with ``V = S - K + 1``, the valid region. The x pass is
+    shared by every function with the same x profile; both passes run on the
+    threads of the caller's `thread_scope`, with the same result for any
+    number of threads.
+    """
+    stamps = np.ascontiguousarray(stamps, dtype=np.float64)
+    x_factors = np.ascontiguousarray(x_factors, dtype=np.float64)
+    y_factors = np.ascontiguousarray(y_factors, dtype=np.float64)
+    x_index = np.ascontiguousarray(x_index, dtype=np.int64)
+    size, n = stamps.shape[0], stamps.shape[2]
+    n_x, ksize = x_factors.shape
+    valid = size - ksize + 1
+    rows = np.zeros((n_x, size, valid, n))
+    run_in_parts(fitting.separable_rows, n_x * size, stamps, x_factors, rows)
+    out = np.zeros((y_factors.shape[0], valid, valid, n))
+    run_in_parts(fitting.separable_columns, y_factors.shape[0] * valid, rows, y_factors,
+                 x_index, out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -416,7 +442,7 @@ class KernelBasis:
         y_factors = np.ascontiguousarray(y_factors)
 
         def convolve(stamps):
-            raw = fitting.separable_convolve_valid(stamps, distinct, y_factors, x_index)
+            raw = separable_convolve_valid(stamps, distinct, y_factors, x_index)
             # the renormalization is linear: one matrix product over all pixels
             return (matrix @ raw.reshape(raw.shape[0], -1)).reshape(raw.shape)
 
