@@ -707,10 +707,22 @@ def solve_linear_node_kernels(stamps, x, y, *, nodes, fits=True):
             "spatial_condition_number": float(conditions.max()),
             "solver": "lu per node", "candidate_condition_numbers": conditions,
             "timings": timings}
-    if not fits:
-        return SpatialSolution(kernel=kernel, fits=[], rejected=np.zeros(0, dtype=bool),
+    timings["total"] = time.perf_counter() - start
+    solution = SpatialSolution(kernel=kernel, fits=[], rejected=np.zeros(0, dtype=bool),
                                reasons=[], spatial_residuals=None, spatial_residual_max=None,
                                info=info, basis=basis)
+    return with_linear_node_fits(stamps, x, y, solution) if fits else solution
+
+
+def with_linear_node_fits(stamps, x, y, solution):
+    """``solution`` (of `solve_linear_node_kernels` with ``fits=False``) with each node's
+    model and residual, as ``fits=True`` gives them: the kernels are not solved again.
+    """
+    start = time.perf_counter()
+    problem, basis = stamps.problem, stamps.basis
+    w = stamps.weights(x, y)
+    coefficients = solution.kernel.coefficients
+    conditions = solution.info["candidate_condition_numbers"]
     models = stamps.models(w, coefficients)
     residuals = (models - stamps.target[:, None]) / stamps.peak
     valid = problem.valid
@@ -726,9 +738,12 @@ def solve_linear_node_kernels(stamps, x, y, *, nodes, fits=True):
                               residual_max=float(maxima[k]),
                               condition_number=float(conditions[k]))
                   for k in range(coefficients.shape[1])]
-    timings["total"] = time.perf_counter() - start
-    return SpatialSolution(kernel=kernel, fits=node_fits,
+    timings = dict(solution.info["timings"])
+    timings["node_fits"] = time.perf_counter() - start
+    timings["total"] = timings.get("total", 0.0) + timings["node_fits"]
+    return SpatialSolution(kernel=solution.kernel, fits=node_fits,
                            rejected=np.zeros(len(node_fits), dtype=bool),
                            reasons=[""] * len(node_fits),
                            spatial_residuals=np.moveaxis(residuals, -1, 0).reshape(-1, *shape),
-                           spatial_residual_max=maxima, info=info, basis=basis)
+                           spatial_residual_max=maxima,
+                           info={**solution.info, "timings": timings}, basis=basis)

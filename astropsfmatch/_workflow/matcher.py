@@ -23,6 +23,7 @@ from .._engine.solve import (
     solve_linear_node_kernels,
     solve_node_kernels,
     solve_spatial_kernel,
+    with_linear_node_fits,
 )
 from .._engine.weights import inverse_variance_weights
 from .._logging import log
@@ -262,8 +263,8 @@ class ModelPsfMatcher:
                 break  # far below what is asked: finer nodes cost time for nothing visible
         _, factor, grid, sources, targets, unit = best
         x, y = grid.positions()
-        if not unit.fits:  # the chosen level, with its node fits
-            unit = solve_linear_node_kernels(linear, x, y, nodes=(grid.nodes_x, grid.nodes_y))
+        if not unit.fits:  # the chosen level's node fits (its kernels are solved already)
+            unit = with_linear_node_fits(linear, x, y, unit)
         timings["kernel_solution"] = time.perf_counter() - t0
         timings["refinement"] = tried
         if sources is None:
