@@ -609,8 +609,7 @@ def plot_spatial_coefficients(result, *, shape=None, functions=None, max_functio
         im = _field_map(ax, values, (x0, x1, y0, y1), (nx, ny), candidates, points, lo, hi)
         _field_axes(ax, x0, x1, y0, y1)
         ax.set_title(f"coefficient of B{i}", fontsize=8, pad=2)
-        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-        cbar.ax.tick_params(labelsize=6)
+        _linear_colour_bar(fig, im, ax)
     return fig
 
 
@@ -657,12 +656,26 @@ def _span(lo, hi, floor):
 
 
 def _field_axes(ax, x0, x1, y0, y1):
-    """Limits, labels and small ticks of a map of the field."""
+    """Limits, labels and a few small ticks of a map of the field (every tick is a
+    line and a text that matplotlib lays out: most of such a figure's drawing time).
+    """
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("x (pixels)", fontsize=6, labelpad=1)
     ax.set_ylabel("y (pixels)", fontsize=6, labelpad=1)
+    ax.locator_params(nbins=3)
     ax.tick_params(labelsize=6)
+
+
+def _linear_colour_bar(fig, image, ax):
+    """A colour bar beside ``ax`` with at most five small ticks (linear scales)."""
+    from matplotlib.ticker import MaxNLocator
+
+    cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    cbar.locator = MaxNLocator(nbins=4)
+    cbar.update_ticks()
+    cbar.ax.tick_params(labelsize=6)
+    return cbar
 
 
 #: What `plot_kernel_moments` maps: key of `kernel_moments`, label, unit, and the
@@ -745,8 +758,7 @@ def plot_kernel_moments(result, *, shape=None, resolution=24, figure=None):
                     ny - 0.5 + 0.02 * ny)
         suffix = f" {unit}" if unit else ""
         ax.set_title(f"{label}\n{low:.4g} to {high:.4g}{suffix}", fontsize=7, pad=2)
-        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-        cbar.ax.tick_params(labelsize=6)
+        _linear_colour_bar(fig, im, ax)
     return fig
 
 

@@ -168,9 +168,11 @@ class ModelPsfMatcher:
         solution = unit.scaled(kernel_sum)
         x, y = grid.positions()
         index = [(iy, ix) for iy in range(grid.n_cells[0]) for ix in range(grid.n_cells[1])]
+        if kernel_sum != 1.0:  # the candidates' targets carry the kernel sum (one array)
+            targets = targets * kernel_sum
         candidates = [
             Candidate(index=(iy, ix), x=float(x[k]), y=float(y[k]), source=sources[k],
-                      target=targets[k] * kernel_sum, fit=solution.fits[k],
+                      target=targets[k], fit=solution.fits[k],
                       rejected=bool(solution.rejected[k]), reason=solution.reasons[k],
                       spatial_residual=solution.spatial_residuals[k],
                       spatial_residual_max=float(solution.spatial_residual_max[k]))
