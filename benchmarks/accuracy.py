@@ -22,9 +22,10 @@ astropsfmatch
     constant source PSF the image is one 128 x 128 cell (one candidate,
     ``spatial_order=0``): with identical candidates the spatial fit of any
     order returns this same kernel. For the varying PSF the image is
-    ``field`` x ``field`` pixels with the default cells (128 px), spatial
-    order 2, and the kernel is evaluated at a grid of positions that
-    includes points between candidates and beyond the outermost ones.
+    ``field`` x ``field`` pixels with the default spatial model (kernels at
+    nodes on the PSF model's node lines, interpolated bilinearly), and the
+    kernel is evaluated at a grid of positions that includes points between
+    nodes and beyond the outermost ones.
 
 photutils
     ``make_kernel(source_stamp, target_stamp, window=W, regularization=r)``
