@@ -17,12 +17,16 @@ import scipy.fft
 
 from .._threads import thread_scope
 from .._validate import InvalidTypeError, real, same_shape
+from ..config import MatchConfig
 from ._numba.convolution import dilate_box, weighted_sum_columns, weighted_sum_rows
 from .kernel import SpatialKernel
 from .spatial import node_intervals, spatial_exponents
 
 # the public names of this module, re-exported by astropsfmatch/__init__.py
 __all__ = ["ConvolvedImage", "convolve_spatially_varying"]
+
+#: The option defaults (`MatchConfig` is their one source).
+_REFERENCE = MatchConfig()
 
 # Target side of the FFT tiles. Tiles of a few hundred pixels keep every
 # per-tile array in the CPU caches; on 4096 x 4096 float32 images with a
@@ -585,7 +589,8 @@ class _BilinearConvolver(_Convolver):
 
 
 def convolve_spatially_varying(data, kernel, *, variance=None, mask=None, normalize=True,
-                               variance_tolerance=1e-4, workers=None):
+                               variance_tolerance=_REFERENCE.variance_tolerance,
+                               workers=None):
     r"""Convolve an image with a spatially varying kernel, exactly.
 
     With the kernel written as monomials of the normalized coordinates,
