@@ -232,3 +232,33 @@ class TestConditionCheckDefaults:
         with pytest.raises(KernelSolutionError, match="above max_condition_number 5e"):
             ModelPsfMatcher(check_condition_number=True, max_condition_number=5e7).solve(
                 (512, 512), psf, CircularGaussianPRF(fwhm=6.0))
+
+
+class TestLinearStampModels:
+    """`LinearStamps.models`: the dense product and the per-template loop agree with the
+    definition, the weighted sum of the templates' basis convolutions.
+    """
+
+    @pytest.mark.parametrize("n_grid", [3, 5])
+    def test_both_paths_match_the_definition(self, monkeypatch, n_grid):
+        from astropsfmatch import MatchConfig
+        from astropsfmatch._engine import solve as solve_module
+        from astropsfmatch._workflow import policy
+
+        config = MatchConfig()
+        source = as_psf(varying_gaussian_grid((512, 512), n_grid=n_grid), name="source_psf")
+        target = as_psf(CircularGaussianPRF(fwhm=6.0), name="target_psf")
+        basis = policy.choose_basis(config, source, target, None, shape=(512, 512))
+        stamps = policy.linear_stamps(source, target, 41, basis, config)
+        rng = np.random.default_rng(5)
+        x, y = rng.uniform(-20, 530, 50), rng.uniform(-20, 530, 50)
+        w = stamps.weights(x, y)
+        coefficients = rng.normal(size=(basis.n_basis, 50))
+        expected = np.einsum("nm,bn,mbp->pn", w, coefficients, stamps._template_rows)
+        monkeypatch.setattr(solve_module, "_DENSE_MODEL_TEMPLATES", 10**6)
+        dense = stamps.models(w, coefficients)
+        monkeypatch.setattr(solve_module, "_DENSE_MODEL_TEMPLATES", 0)
+        loop = stamps.models(w, coefficients)
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(dense, expected, rtol=0, atol=1e-13 * scale)
+        np.testing.assert_allclose(loop, expected, rtol=0, atol=1e-13 * scale)

@@ -582,6 +582,12 @@ def solve_node_kernels(sources, targets, *, basis, config, nodes):
                            basis=basis)
 
 
+#: Up to this many templates `LinearStamps.models` is one dense product, beyond it the
+#: templates one by one (1,024 positions, 27 functions: 9 templates 0.036 s against
+#: 0.18 s, 25 templates 0.079 s against 0.046 s).
+_DENSE_MODEL_TEMPLATES = 16
+
+
 class LinearStamps:
     """Source stamps that are convex combinations of templates, with a constant target.
 
@@ -639,6 +645,14 @@ class LinearStamps:
 
     def models(self, w, coefficients):
         """Models (P, n) of coefficients (nb, n) at positions of weights ``w`` (n, m)."""
+        n_templates, n_basis = w.shape[1], coefficients.shape[0]
+        if n_templates <= _DENSE_MODEL_TEMPLATES:
+            # one product over every (template, basis function) pair: most weights are
+            # zero (at most four templates per position), but for a few templates one
+            # dense BLAS product beats gathering and scattering rows per template
+            terms = (w[:, :, None] * coefficients.T[:, None, :]).reshape(w.shape[0], -1)
+            rows = self._template_rows.reshape(n_templates * n_basis, -1)
+            return (terms @ rows).T
         out = np.zeros((w.shape[0], self.convolved.shape[1]))  # (n, P): rows scatter fast
         for m in range(w.shape[1]):
             use = np.flatnonzero(w[:, m])
