@@ -737,17 +737,19 @@ def with_linear_node_fits(stamps, x, y, solution):
     w = stamps.weights(x, y)
     coefficients = solution.kernel.coefficients
     conditions = solution.info["candidate_condition_numbers"]
-    models = stamps.models(w, coefficients)
-    residuals = (models - stamps.target[:, None]) / stamps.peak
+    # node by node (n, P), so that each node's model and residual are views, and the
+    # residuals are the spatial ones too (the kernel at a node is its own): no copies
+    models = np.ascontiguousarray(stamps.models(w, coefficients).T)
+    residuals = (models - stamps.target[None, :]) / stamps.peak
     valid = problem.valid
     shape = (valid, valid)
     kernels = np.tensordot(coefficients.T, basis.images, axes=(1, 0))
-    maxima = np.abs(residuals).max(axis=0)
-    means, stds = residuals.mean(axis=0), residuals.std(axis=0)
+    maxima = np.abs(residuals).max(axis=1)
+    means, stds = residuals.mean(axis=1), residuals.std(axis=1)
     node_fits = [CandidateFit(coefficients=coefficients[:, k], kernel=kernels[k],
                               kernel_sum=float(kernels[k].sum()),
-                              model=models[:, k].reshape(shape),
-                              residual=residuals[:, k].reshape(shape),
+                              model=models[k].reshape(shape),
+                              residual=residuals[k].reshape(shape),
                               residual_mean=float(means[k]), residual_std=float(stds[k]),
                               residual_max=float(maxima[k]),
                               condition_number=float(conditions[k]))
@@ -758,6 +760,6 @@ def with_linear_node_fits(stamps, x, y, solution):
     return SpatialSolution(kernel=solution.kernel, fits=node_fits,
                            rejected=np.zeros(len(node_fits), dtype=bool),
                            reasons=[""] * len(node_fits),
-                           spatial_residuals=np.moveaxis(residuals, -1, 0).reshape(-1, *shape),
+                           spatial_residuals=residuals.reshape(-1, *shape),
                            spatial_residual_max=maxima,
                            info={**solution.info, "timings": timings}, basis=basis)

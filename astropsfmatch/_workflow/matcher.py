@@ -270,7 +270,10 @@ class ModelPsfMatcher:
         timings["kernel_solution"] = time.perf_counter() - t0
         timings["refinement"] = tried
         if sources is None:
-            sources, targets = source.stamps(x, y, size), target.stamps(x, y, size)
+            sources = source.stamps(x, y, size)
+            # a constant target is one stamp for every node (read-only: no copies)
+            targets = (np.broadcast_to(target.stamps(x[:1], y[:1], size), sources.shape)
+                       if target.constant else target.stamps(x, y, size))
         policy.warn_if_deconvolving(sources, targets, stacklevel=6)
 
         t0 = time.perf_counter()
