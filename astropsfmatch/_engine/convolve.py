@@ -342,8 +342,7 @@ def _cell_layout(x_nodes, x_squares, two_rows):
     data = [(base + _KERNELS, k, g, q) for g, k in enumerate(x_nodes)
             for q, base in enumerate(row_banks)]
     # the node squares with the data's weights: sum_s w_s K_s**2
-    interpolated = [(base + _SQUARES, k, g, q) for g, k in enumerate(x_nodes)
-                    for q, base in enumerate(row_banks)]
+    interpolated = [(bank - _KERNELS + _SQUARES, k, g, q) for bank, k, g, q in data]
     variance = []
     for g, (kind, k) in enumerate(x_squares):
         # along y: the bottom row's square, the two rows' product, the top row's square

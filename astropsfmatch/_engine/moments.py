@@ -149,7 +149,6 @@ def adaptive_moments(stamps, *, iterations=20):
         return tuple(np.repeat(m, len(stamps)) for m in moments)
     size = stamps.shape[-1]
     offsets = np.arange(size, dtype=np.float64) - size // 2
-    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
     ixx, iyy, ixy = second_moments(stamps)
     # start from the unweighted moments, floored at a pixel
     cxx, cyy, cxy = np.maximum(ixx, 0.5), np.maximum(iyy, 0.5), np.clip(ixy, -0.4, 0.4)
@@ -157,18 +156,19 @@ def adaptive_moments(stamps, *, iterations=20):
     # a stamp whose light is all where the weight is ~0 (e.g. a delta function far from
     # the centre) gets NaN moments, which every check downstream reads as a failure
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _adaptive_iterations(stamps, dx, dy, mx, my, cxx, cyy, cxy, iterations)
+        return _adaptive_iterations(stamps, offsets, mx, my, cxx, cyy, cxy, iterations)
 
 
-def _adaptive_iterations(stamps, dx, dy, mx, my, cxx, cyy, cxy, iterations):
+def _adaptive_iterations(stamps, offsets, mx, my, cxx, cyy, cxy, iterations):
     """The fixed-point iterations of `adaptive_moments`.
 
+    ``offsets`` are the pixel offsets from the stamp centre, along x and y.
     The offsets from the centroid are a column vector and a row vector per
     stamp, so the weight's exponent is built from outer sums and the moments
     from the stamp's row and column marginals and one matrix-vector product
     (a few passes over the stamps per iteration instead of ~20).
     """
-    columns, rows = dx[0], dy[:, 0]
+    columns = rows = offsets
     for _ in range(iterations):
         det = cxx * cyy - cxy**2
         ux, uy = columns[None] - mx[:, None], rows[None] - my[:, None]      # (n, size)
